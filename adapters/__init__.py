@@ -1,0 +1,1 @@
+"""Bridges between trioflow and the asyncio world (needs trio-asyncio)."""

@@ -1,0 +1,54 @@
+"""trioflow: PocketFlow's graph of nodes on Trio's structured concurrency.
+
+Nodes ``prep -> exec -> post``, flows route on the action ``post`` returns,
+batch nodes run ``exec`` over many items and parallel batches do it in a
+bounded, cancellation-safe worker pool that keeps input order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from ._batch import BatchNode as BatchNode
+from ._batch import ParallelBatchNode as ParallelBatchNode
+from ._errors import BatchError as BatchError
+from ._flow import BatchFlow as BatchFlow
+from ._flow import Flow as Flow
+from ._flow import ParallelBatchFlow as ParallelBatchFlow
+from ._instrument import Instrument as Instrument
+from ._instrument import InstrumentWarning as InstrumentWarning
+from ._instrument import instrumented as instrumented
+from ._node import Node as Node
+from ._parallel import as_completed as as_completed
+from ._parallel import parallel_map as parallel_map
+
+__all__ = [
+    "BatchError",
+    "BatchFlow",
+    "BatchNode",
+    "Flow",
+    "Instrument",
+    "InstrumentWarning",
+    "Node",
+    "ParallelBatchFlow",
+    "ParallelBatchNode",
+    "as_completed",
+    "instrumented",
+    "parallel_map",
+    "run",
+]
+
+
+def run(flow_or_node: Node, shared: Any) -> str | None:
+    """Run a flow or node to completion from synchronous code (``trio.run``); return its action.
+
+    Example::
+
+        shared = {"text": doc, "languages": ["fr", "de", "ja"]}
+        trioflow.run(translation_flow, shared)
+    """
+    if not isinstance(flow_or_node, Node):
+        raise TypeError(f"trioflow.run needs a trioflow Node or Flow, not {flow_or_node!r}")
+    return trio.run(flow_or_node.run, shared)
