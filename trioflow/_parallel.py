@@ -130,20 +130,26 @@ class _Pool(Generic[T, R]):
             self.results.append(_PENDING)
         return index
 
-    async def _pull(self) -> tuple[int, T] | None:
-        """The next (index, item), or None when the input is done or the pool stopped."""
+    def _pull_sync(self) -> tuple[int, T] | None:
+        """The next (index, item) of a plain iterable, or None when it is done or the pool stopped.
+
+        A plain function, not a coroutine: pulling from a list or a generator
+        never blocks, and this is the per-item hot path of every worker.
+        """
         if self.stopped:
             return None
-        if self._sync_it is not None:
-            try:
-                item = next(self._sync_it)  # type: ignore[call-overload]
-            except StopIteration:
-                self.stopped = True
-                return None
-            except Exception as exc:
-                self._fail(exc, f"raised while {self.name} pulled item {self.count} from its input")
-                return None
-            return self._next_index(), item
+        try:
+            item = next(self._sync_it)  # type: ignore[call-overload]
+        except StopIteration:
+            self.stopped = True
+            return None
+        except Exception as exc:
+            self._fail(exc, f"raised while {self.name} pulled item {self.count} from its input")
+            return None
+        return self._next_index(), item
+
+    async def _pull_async(self) -> tuple[int, T] | None:
+        """The next (index, item) of an async iterable, one puller at a time."""
         assert self._async_it is not None and self._pull_lock is not None
         async with self._pull_lock:
             if self.stopped:
@@ -160,6 +166,14 @@ class _Pool(Generic[T, R]):
 
     # -- running one item ----------------------------------------------------
 
+    def _failed(self, index: int, exc: Exception) -> bool:
+        """Note item ``index``'s failure; True if its exception stands in its result slot."""
+        if self.on_error == "raise":
+            self._fail(exc, f"raised by item {index} of {self.name}")
+            return False
+        add_note(exc, f"raised by item {index} of {self.name}")
+        return True
+
     async def _one(self, index: int, item: T, use_limiter: bool) -> None:
         if self.rate is not None:
             await self.rate.wait()
@@ -170,10 +184,8 @@ class _Pool(Generic[T, R]):
             else:
                 value = await self.job(index, item)
         except Exception as exc:
-            if self.on_error == "raise":
-                self._fail(exc, f"raised by item {index} of {self.name}")
+            if not self._failed(index, exc):
                 return
-            add_note(exc, f"raised by item {index} of {self.name}")
             value = exc
         if self.results is not None:
             self.results[index] = value
@@ -182,10 +194,29 @@ class _Pool(Generic[T, R]):
             await self.send.send((index, value))
 
     async def _worker(self) -> None:
-        pull = self._pull
+        """Run items one after another, pulling the next only when free."""
         one = self._one
-        while (got := await pull()) is not None:
-            await one(got[0], got[1], True)
+        if self._sync_it is None:
+            while (got := await self._pull_async()) is not None:
+                await one(got[0], got[1], True)
+            return
+        pull = self._pull_sync
+        results = self.results
+        if results is None or self.rate is not None or self.limiter is not None:
+            while (got := pull()) is not None:
+                await one(got[0], got[1], True)
+            return
+        # The hot path (plain input, results in a list, no limiter, no rate):
+        # ``_one`` inlined, so an item costs one await of the job and nothing more.
+        job = self.job
+        while (got := pull()) is not None:
+            index, item = got
+            try:
+                results[index] = await job(index, item)
+            except Exception as exc:
+                if not self._failed(index, exc):
+                    return
+                results[index] = exc
 
     async def _one_holding(self, index: int, item: T, borrower: object) -> None:
         assert self.limiter is not None
@@ -198,13 +229,20 @@ class _Pool(Generic[T, R]):
         """No cap: one task per item; with a limiter, take a token before pulling."""
         limiter = self.limiter
         if limiter is None:
-            while (got := await self._pull()) is not None:
+            if self._sync_it is not None:
+                pull = self._pull_sync
+                start_soon = nursery.start_soon
+                one = self._one
+                while (got := pull()) is not None:
+                    start_soon(one, got[0], got[1], False)
+                return
+            while (got := await self._pull_async()) is not None:
                 nursery.start_soon(self._one, got[0], got[1], False)
             return
         while True:
             borrower = object()
             await limiter.acquire_on_behalf_of(borrower)
-            got = await self._pull()
+            got = self._pull_sync() if self._sync_it is not None else await self._pull_async()
             if got is None:
                 limiter.release_on_behalf_of(borrower)
                 return
