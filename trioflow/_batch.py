@@ -66,11 +66,18 @@ class BatchNode(Node):
             raise
         return results
 
-    async def _exec_item(self, index: int, item: Any) -> Any:
-        """One item under the retry policy, with item events; the same for both batch kinds."""
+    def _exec_item(self, index: int, item: Any) -> Awaitable[Any]:
+        """One item under the retry policy, with item events; the same for both batch kinds.
+
+        A plain function that returns the awaitable: with no instrument attached
+        (the fast path) an item costs no coroutine beyond the retry core's.
+        """
         attached = _instrument.current()
         if attached is None:
-            return await self._exec_with_policy(item, index)
+            return self._exec_with_policy(item, index)
+        return self._exec_item_watched(attached, index, item)
+
+    async def _exec_item_watched(self, attached: _instrument._Attached, index: int, item: Any) -> Any:
         attached.emit("item_started", self, index)
         try:
             result = await self._exec_with_policy(item, index)

@@ -7,6 +7,7 @@ import inspect
 import math
 import random
 import warnings
+from types import CoroutineType
 from typing import Any, TypeVar
 
 import attrs
@@ -229,11 +230,14 @@ class Node:
         """``exec`` under the retry/timeout policy, then ``exec_fallback``.  The one retry core."""
         attempt = 0
         while True:
-            token = _attempt.set(attempt)
+            # Set the attempt only when it differs from what this task already
+            # sees (0 on the first attempt of a fresh item): the common case then
+            # allocates no context or token per item.
+            token = _attempt.set(attempt) if _attempt.get() != attempt else None
             try:
                 if self.timeout is None:
                     result = self.exec(prep_res)
-                    if inspect.isawaitable(result):
+                    if type(result) is CoroutineType or inspect.isawaitable(result):
                         result = await result
                     return result
                 with trio.fail_after(self.timeout):
@@ -248,7 +252,8 @@ class Node:
                 if attached is not None:
                     attached.emit("retry_scheduled", self, index, attempt, delay, exc)
             finally:
-                _attempt.reset(token)
+                if token is not None:
+                    _attempt.reset(token)
             if delay > 0:
                 await trio.sleep(delay)
             else:
