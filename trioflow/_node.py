@@ -7,6 +7,7 @@ import inspect
 import math
 import random
 import warnings
+from collections.abc import Awaitable
 from types import CoroutineType
 from typing import Any, TypeVar
 
@@ -226,7 +227,28 @@ class Node:
     async def _exec(self, prep_res: Any) -> Any:
         return await self._exec_with_policy(prep_res, None)
 
-    async def _exec_with_policy(self, prep_res: Any, index: int | None) -> Any:
+    def _exec_with_policy(self, prep_res: Any, index: int | None) -> Awaitable[Any]:
+        """``exec`` under the retry/timeout policy, then ``exec_fallback``: an awaitable.
+
+        When there is no policy to apply (one attempt, no timeout, the default
+        ``exec_fallback`` that re-raises, and attempt 0 already current), the
+        coroutine of an ``async def exec`` is handed back as it is: awaiting it
+        is all the policy would do, and a batch item then costs no coroutine of
+        the engine's own.  Everything else goes through :meth:`_exec_retrying`.
+        """
+        if (
+            self.max_retries == 1
+            and self.timeout is None
+            and type(self).exec_fallback is Node.exec_fallback
+            and _attempt.get() == 0
+        ):
+            result = self.exec(prep_res)
+            if type(result) is CoroutineType or inspect.isawaitable(result):
+                return result
+            return _ready(result)
+        return self._exec_retrying(prep_res, index)
+
+    async def _exec_retrying(self, prep_res: Any, index: int | None) -> Any:
         """``exec`` under the retry/timeout policy, then ``exec_fallback``.  The one retry core."""
         attempt = 0
         while True:
@@ -259,6 +281,11 @@ class Node:
             else:
                 await trio.lowlevel.checkpoint()
             attempt += 1
+
+
+async def _ready(value: Any) -> Any:
+    """An awaitable of a plain ``def exec``'s result, for the no-policy path."""
+    return value
 
 
 class _Transition:
