@@ -207,10 +207,22 @@ class _Pool(Generic[T, R]):
                 await one(got[0], got[1], True)
             return
         # The hot path (plain input, results in a list, no limiter, no rate):
-        # ``_one`` inlined, so an item costs one await of the job and nothing more.
+        # ``_pull_sync`` and ``_one`` inlined, so an item costs one await of the
+        # job and a few attribute reads.
         job = self.job
-        while (got := pull()) is not None:
-            index, item = got
+        source = self._sync_it
+        while not self.stopped:
+            try:
+                item = next(source)  # type: ignore[call-overload]
+            except StopIteration:
+                self.stopped = True
+                return
+            except Exception as exc:
+                self._fail(exc, f"raised while {self.name} pulled item {self.count} from its input")
+                return
+            index = self.count
+            self.count = index + 1
+            results.append(_PENDING)
             try:
                 results[index] = await job(index, item)
             except Exception as exc:
