@@ -65,14 +65,13 @@ def trio_work(delay: float) -> Callable[[int], Awaitable[int]]:
 
 
 async def trioflow_batch(n: int, cap: int | None, delay: float) -> list[Any]:
-    work = trio_work(delay)
-
     class Work(trioflow.ParallelBatchNode):
         def prep(self, shared: dict[str, Any]) -> Iterator[int]:
             return items(n)
 
-        async def exec(self, item: int) -> int:
-            return await work(item)
+        async def exec(self, item: int) -> int:  # the body of trio_work: exec is the per-item work
+            await trio.sleep(delay)
+            return item
 
         def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[int]) -> None:
             shared["results"] = exec_res
@@ -155,14 +154,13 @@ async def asyncio_sem(n: int, cap: int | None, delay: float) -> list[Any]:
 
 
 async def pocketflow_batch(n: int, cap: int | None, delay: float) -> list[Any]:
-    work = aio_work(delay)
-
     class Work(pocketflow.AsyncParallelBatchNode):  # type: ignore[misc]
         async def prep_async(self, shared: dict[str, Any]) -> Iterator[int]:
             return items(n)
 
-        async def exec_async(self, item: int) -> int:
-            return await work(item)
+        async def exec_async(self, item: int) -> int:  # the body of aio_work
+            await asyncio.sleep(delay)
+            return item
 
         async def post_async(self, shared: dict[str, Any], prep_res: Any, exec_res: list[int]) -> None:
             shared["results"] = exec_res
