@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import math
 import random
@@ -25,12 +26,31 @@ N = TypeVar("N", bound="Node")
 _attempt: contextvars.ContextVar[int] = contextvars.ContextVar("trioflow_attempt", default=0)
 
 
+# What plain ``prep``/``post`` methods mostly return; never awaitable, so
+# ``call`` skips ``inspect.isawaitable`` (an ABC check) for them.
+_PLAIN_TYPES = frozenset({type(None), str, int, float, bool, list, dict, tuple})
+
+
 async def call(fn: Any, *args: Any) -> Any:
     """Call a user method that may be ``async def`` or plain ``def``."""
     result = fn(*args)
+    if type(result) in _PLAIN_TYPES:
+        return result
     if inspect.isawaitable(result):
         return await result
     return result
+
+
+@functools.lru_cache(maxsize=512)
+def _slot_names(cls: type) -> tuple[str, ...]:
+    """The instance slots of ``cls`` and its bases (computed once per class)."""
+    names = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__"):
+                names.append(name)
+    return tuple(names)
 
 
 def _positive_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -179,16 +199,12 @@ class Node:
         cls = type(self)
         new = cls.__new__(cls)
         new.__dict__.update(self.__dict__)
-        for klass in cls.__mro__:
-            slots = klass.__dict__.get("__slots__", ())
-            for name in (slots,) if isinstance(slots, str) else slots:
-                if name in ("__dict__", "__weakref__"):
-                    continue
-                try:
-                    value = object.__getattribute__(self, name)
-                except AttributeError:
-                    continue
-                object.__setattr__(new, name, value)
+        for name in _slot_names(cls):  # type: ignore[arg-type]  # mypy: a TypeVar-bound type is not "Hashable"
+            try:
+                value = object.__getattribute__(self, name)
+            except AttributeError:
+                continue
+            object.__setattr__(new, name, value)
         return new
 
     @property
