@@ -45,7 +45,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         trio.run(bridge.run_bridge, spec["n"])
         seconds = None
     else:
-        seconds = workloads.time_once(spec["scenario"], spec["system"], spec["n"], spec["cap"])
+        seconds, _ = workloads.time_once(spec["scenario"], spec["system"], spec["n"], spec["cap"])
     return {"before_mb": before, "peak_mb": maxrss_mb(), "seconds": seconds}
 
 

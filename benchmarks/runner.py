@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ class Group:
 class Figure:
     """What was measured for one system in one group."""
 
-    runs: list[float] = field(default_factory=list)  # seconds per timed run
+    runs: list[float] = field(default_factory=list)  # wall seconds per timed run
+    cpu: list[float] = field(default_factory=list)  # CPU seconds of the same runs
     peak_mb: float | None = None  # the child's peak RSS
     delta_mb: float | None = None  # peak minus the child's RSS before the run
     note: str = ""
@@ -142,7 +144,7 @@ def run_group(group: Group, memory: bool, advance: Callable[[str], None]) -> Res
     label = f"{group.scenario} N={group.n:,} cap={group.cap}"
     for system in group.systems:
         advance(f"{label}: warm-up {system}")
-        workloads.time_once(group.scenario, system, group.warm_n, group.cap)
+        workloads.time_once(group.scenario, system, group.warm_n, group.cap)  # discarded
         advance("")
     for rep in range(group.repeats):
         # rotate the order each repetition, so no system always runs first or last
@@ -150,15 +152,21 @@ def run_group(group: Group, memory: bool, advance: Callable[[str], None]) -> Res
         for system in order:
             advance(f"{label}: {system} run {rep + 1}/{group.repeats}")
             gc.collect()
-            figures[system].runs.append(workloads.time_once(group.scenario, system, group.n, group.cap))
+            wall, cpu = workloads.time_once(group.scenario, system, group.n, group.cap)
+            figures[system].runs.append(wall)
+            figures[system].cpu.append(cpu)
             advance("")
     if memory:
-        for system in group.systems:
-            advance(f"{label}: {system} peak memory (child process)")
-            got = child({"scenario": group.scenario, "system": system, "n": group.n, "cap": group.cap})
-            figures[system].peak_mb = got["peak_mb"]
-            figures[system].delta_mb = got["peak_mb"] - got["before_mb"]
-            advance("")
+        # Children run side by side once the timing is over (a process's peak is its own);
+        # the sleep-bound latency ones all at once, the CPU-bound ones one per core.
+        advance(f"{label}: peak memory (a child process per system)")
+        workers = len(group.systems) if group.scenario == "latency" else (os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            specs = [{"scenario": group.scenario, "system": s, "n": group.n, "cap": group.cap} for s in group.systems]
+            for system, got in zip(group.systems, pool.map(child, specs), strict=True):
+                figures[system].peak_mb = got["peak_mb"]
+                figures[system].delta_mb = got["peak_mb"] - got["before_mb"]
+                advance("")
     if group.scenario == "latency":
         assert group.cap is not None
         ideal = Figure(runs=[math.ceil(group.n / group.cap) * workloads.LATENCY], note="computed")
@@ -216,6 +224,7 @@ def iter_rows(results: list[Result]) -> Iterator[dict[str, Any]]:
                 "label": workloads.SYSTEM_LABELS.get(system, system),
                 "status": "ok",
                 "runs_s": figure.runs,
+                "cpu_s": figure.cpu,
                 "us_per_item": {"median": statistics.median(us), "min": min(us), "max": max(us)},
                 "peak_mb": figure.peak_mb,
                 "delta_mb": figure.delta_mb,

@@ -280,8 +280,11 @@ ASYNCIO_RUNNERS: dict[tuple[str, str], Runner] = {
 }
 
 
-def time_once(scenario: str, system: str, n: int, cap: int | None) -> float:
-    """Seconds for one run of ``system`` on ``n`` items, timed inside its event loop.
+def time_once(scenario: str, system: str, n: int, cap: int | None) -> tuple[float, float]:
+    """One run of ``system`` on ``n`` items, timed inside its event loop: (wall s, CPU s).
+
+    The CPU time (``time.process_time``) is kept beside the wall time because
+    a shared machine's load shows in the wall time only.
 
     Raises:
         AssertionError: the run did not return ``n`` results (a broken workload).
@@ -289,14 +292,14 @@ def time_once(scenario: str, system: str, n: int, cap: int | None) -> float:
     kind = "trivial" if scenario == "latency" else scenario
     delay = LATENCY if scenario == "latency" else 0.0
     key = (kind, system)
-    elapsed = math.nan
+    elapsed = cpu = math.nan
     out: list[Any] = []
 
     async def timed(runner: Runner) -> None:
-        nonlocal elapsed, out
-        start = time.perf_counter()
+        nonlocal elapsed, cpu, out
+        start, start_cpu = time.perf_counter(), time.process_time()
         out = await runner(n, cap, delay)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
 
     if key in TRIO_RUNNERS:
         trio.run(timed, TRIO_RUNNERS[key])
@@ -305,4 +308,4 @@ def time_once(scenario: str, system: str, n: int, cap: int | None) -> float:
     else:
         raise KeyError(f"no workload for scenario {scenario!r}, system {system!r}")
     assert len(out) == n, f"{system} on {scenario} returned {len(out)} results for {n} items"
-    return elapsed
+    return elapsed, cpu
