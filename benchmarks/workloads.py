@@ -32,14 +32,15 @@ import trioflow
 # (PocketFlow's asyncio.gather) runs uncapped whatever the cap of its row.
 TRIVIAL_SYSTEMS = ("trioflow", "pocketflow", "asyncio-sem", "aiometer", "trio-nursery", "trio-pool")
 LATENCY_SYSTEMS = ("trioflow", "asyncio-sem", "aiometer", "trio-nursery", "trio-pool")
-FLOW_SYSTEMS = ("trioflow", "pocketflow")
+FLOW_SYSTEMS = ("trioflow", "pocketflow", "trio-nursery")
 
 SYSTEM_LABELS = {
     "trioflow": "trioflow ParallelBatchNode",
     "pocketflow": "PocketFlow AsyncParallelBatchNode (gather, no cap)",
     "asyncio-sem": "asyncio gather + Semaphore",
     "aiometer": "aiometer.run_on_each on Trio",
-    "trio-nursery": "raw Trio nursery, a task per item (+ CapacityLimiter if capped)",
+    "trio-nursery": "raw Trio nursery, a task per item (+ CapacityLimiter if capped); "
+    "in scenario 3 the three steps inline, no nodes",
     "trio-pool": "hand-written Trio worker pool (the floor)",
     "ideal": "ideal: ceil(N/cap) x latency",
 }
@@ -262,6 +263,35 @@ async def pocketflow_flow(n: int, cap: int | None, delay: float) -> list[Any]:
     return shared["saved"]  # type: ignore[no-any-return]
 
 
+async def trio_flow_raw(n: int, cap: int | None, delay: float) -> list[Any]:
+    """Scenario 3 with no engine: a task per param dict runs the three steps inline."""
+    shared: dict[Any, Any] = {"saved": []}
+    limiter = trio.CapacityLimiter(cap) if cap is not None else None
+
+    async def steps(params: dict[str, int]) -> None:
+        key = ("img", params["image"], params["filter"])
+        await trio.sleep(delay)  # load
+        shared[key] = params["image"]
+        image = shared[key]
+        await trio.sleep(delay)  # filter
+        shared[key] = image * 100 + params["filter"]
+        filtered = shared.pop(key)
+        await trio.sleep(delay)  # save
+        shared["saved"].append(filtered)
+
+    async def one(params: dict[str, int]) -> None:
+        if limiter is None:
+            await steps(params)
+        else:
+            async with limiter:
+                await steps(params)
+
+    async with trio.open_nursery() as nursery:
+        for params in grid(n):
+            nursery.start_soon(one, params)
+    return shared["saved"]  # type: ignore[no-any-return]
+
+
 # -- timing ------------------------------------------------------------------
 
 Runner = Callable[[int, "int | None", float], Awaitable[list[Any]]]
@@ -272,6 +302,7 @@ TRIO_RUNNERS: dict[tuple[str, str], Runner] = {
     ("trivial", "trio-nursery"): trio_nursery,
     ("trivial", "trio-pool"): trio_pool,
     ("flow", "trioflow"): trioflow_flow,
+    ("flow", "trio-nursery"): trio_flow_raw,
 }
 ASYNCIO_RUNNERS: dict[tuple[str, str], Runner] = {
     ("trivial", "pocketflow"): pocketflow_batch,
