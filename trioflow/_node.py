@@ -31,12 +31,14 @@ _attempt: contextvars.ContextVar[int] = contextvars.ContextVar("trioflow_attempt
 _PLAIN_TYPES = frozenset({type(None), str, int, float, bool, list, dict, tuple})
 
 
+def _is_awaitable(value: Any) -> bool:
+    return type(value) not in _PLAIN_TYPES and inspect.isawaitable(value)
+
+
 async def call(fn: Any, *args: Any) -> Any:
     """Call a user method that may be ``async def`` or plain ``def``."""
     result = fn(*args)
-    if type(result) in _PLAIN_TYPES:
-        return result
-    if inspect.isawaitable(result):
+    if _is_awaitable(result):
         return await result
     return result
 
@@ -236,12 +238,18 @@ class Node:
         return action
 
     async def _run(self, shared: Any) -> str | None:
-        prep_res = await call(self.prep, shared)
+        # ``call`` inlined: a plain-def prep or post then costs no coroutine.
+        prep_res = self.prep(shared)
+        if _is_awaitable(prep_res):
+            prep_res = await prep_res
         exec_res = await self._exec(prep_res)
-        return check_action(self, await call(self.post, shared, prep_res, exec_res))
+        action = self.post(shared, prep_res, exec_res)
+        if _is_awaitable(action):
+            action = await action
+        return check_action(self, action)
 
-    async def _exec(self, prep_res: Any) -> Any:
-        return await self._exec_with_policy(prep_res, None)
+    def _exec(self, prep_res: Any) -> Awaitable[Any]:
+        return self._exec_with_policy(prep_res, None)
 
     def _exec_with_policy(self, prep_res: Any, index: int | None) -> Awaitable[Any]:
         """``exec`` under the retry/timeout policy, then ``exec_fallback``: an awaitable.
