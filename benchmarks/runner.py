@@ -184,21 +184,26 @@ def run_bridge_group(group: Group, memory: bool, advance: Callable[[str], None])
             advance("")
         return Result(group, {}, status=run_bridge)
     label = f"bridge N={group.n:,}"
-    advance(f"{label}: warm-up")
-    trio.run(run_bridge, min(group.n, 100))
-    advance("")
     figures: dict[str, Figure] = {}
-    for rep in range(group.repeats):
-        advance(f"{label}: run {rep + 1}/{group.repeats}")
-        gc.collect()
-        got: dict[str, float] = trio.run(run_bridge, group.n)
-        for system, us in got.items():
-            figures.setdefault(system, Figure()).runs.append(us * group.n / 1e6)
+    try:  # another module's code: its failure is reported, not fatal to the run
+        advance(f"{label}: warm-up")
+        trio.run(run_bridge, min(group.n, 100))
         advance("")
-    if memory:
-        advance(f"{label}: peak memory (child process)")
-        got_mem = child({"scenario": "bridge", "system": "all", "n": group.n, "cap": None})
-        advance("")
+        for rep in range(group.repeats):
+            advance(f"{label}: run {rep + 1}/{group.repeats}")
+            gc.collect()
+            got: dict[str, float] = trio.run(run_bridge, group.n)
+            for system, us in got.items():
+                figures.setdefault(system, Figure()).runs.append(us * group.n / 1e6)
+            advance("")
+        got_mem = None
+        if memory:
+            advance(f"{label}: peak memory (child process)")
+            got_mem = child({"scenario": "bridge", "system": "all", "n": group.n, "cap": None})
+            advance("")
+    except Exception as exc:
+        return Result(group, {}, status=f"failed: {exc!r:.200}")
+    if got_mem is not None:
         for figure in figures.values():
             figure.peak_mb = got_mem["peak_mb"]
             figure.delta_mb = got_mem["peak_mb"] - got_mem["before_mb"]
