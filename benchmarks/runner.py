@@ -1,4 +1,15 @@
-"""Plan, run and report the benchmark (``python -m benchmarks --help``)."""
+"""Plan, run and report the benchmark (``python -m benchmarks --help``).
+
+Each group (a scenario at one size and cap) runs a small warm-up per system
+(discarded), then ``repeats`` rounds in which every system runs once, the
+order rotated each round; then, unless ``--no-memory``, one fresh child
+process per system (:mod:`benchmarks.child`) for its peak memory.
+
+Scenario 4 is ``benchmarks.bridge.run_bridge(n)`` when that module exists:
+an ``async def`` run under ``trio.run`` that returns ``{system name: µs per
+item}``; the system whose name contains ``aio_as_trio`` is the baseline of
+its target and the first other one is the system under test.
+"""
 
 from __future__ import annotations
 
