@@ -332,6 +332,18 @@ def targets(results: list[Result]) -> list[dict[str, Any]]:
     return out
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name, where ``/proc/cpuinfo`` tells it."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def environment() -> dict[str, Any]:
     """The machine, the Python and the package versions, for the JSON."""
     import platform
@@ -353,7 +365,7 @@ def environment() -> dict[str, Any]:
         "commit": commit,
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": cpu_model() or platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
             "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
         },
