@@ -1,4 +1,4 @@
-"""The workloads: one function per (scenario, system), each timing one run.
+"""The workloads: one coroutine function per (scenario, system), and the timer.
 
 Every system runs the same per-item work, an ``async def`` of one item, so
 the figures compare what each engine adds around it:
@@ -10,8 +10,9 @@ the figures compare what each engine adds around it:
 
 The input is a generator wherever the system accepts one (aiometer takes a
 ``range``, a lazy sequence).  Every system collects the results in input
-order, as ``ParallelBatchNode`` does.  Each ``time_*`` function starts its own
-event loop and returns the seconds spent inside it on the run alone.
+order, as ``ParallelBatchNode`` does.  :func:`time_once` starts the system's
+own event loop (``trio.run`` or ``asyncio.run``) and returns the wall and CPU
+seconds spent inside it on the run alone.
 """
 
 from __future__ import annotations
