@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +25,7 @@ def gen(items: list[Any]) -> Iterator[Any]:
     yield from items
 
 
-SOURCES = {"list": list, "generator": gen, "async_iterator": agen}
+SOURCES: dict[str, Callable[[list[Any]], Any]] = {"list": list, "generator": gen, "async_iterator": agen}
 
 
 class Tag(trioflow.BatchNode):
