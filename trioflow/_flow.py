@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from . import _instrument
-from ._batch import check_items, check_parallel_options, pool_for
+from ._batch import check_items, check_parallel_options, closing_async_gen, pool_for
 from ._errors import add_note
 from ._node import Node, call, check_action, node_name
 from ._parallel import OnError
@@ -116,9 +116,10 @@ class BatchFlow(Flow):
         index = 0
         try:
             if isinstance(param_sets, AsyncIterable):
-                async for param_set in param_sets:
-                    await self._orch(shared, _params(self, param_set))
-                    index += 1
+                async with closing_async_gen(param_sets) as async_param_sets:
+                    async for param_set in async_param_sets:
+                        await self._orch(shared, _params(self, param_set))
+                        index += 1
             else:
                 for param_set in param_sets:
                     await trio.lowlevel.checkpoint_if_cancelled()
