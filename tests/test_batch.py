@@ -313,3 +313,80 @@ class TestBatchFlow:
             await Runs(start=Boom()).run(shared)
         assert "raised by param set 2 of Runs" in info.value.__notes__
         assert shared["done"] == [0, 1]
+
+
+class TestAsyncGeneratorPrep:
+    """A batch that stops early closes the async generator its prep returned, before it returns."""
+
+    @staticmethod
+    def items(log: list[str], n: int) -> AsyncIterator[int]:
+        async def gen() -> AsyncIterator[int]:
+            try:
+                for i in range(n):
+                    await trio.lowlevel.checkpoint()
+                    yield i
+            finally:
+                log.append("generator closed")
+
+        return gen()
+
+    async def test_BatchNode_closes_an_async_generator_when_an_item_fails(self) -> None:
+        """The generator's finally runs before the error leaves run() (no GC-time ResourceWarning)."""
+        log: list[str] = []
+
+        class Failing(trioflow.BatchNode):
+            def prep(self, shared: Any) -> AsyncIterator[int]:
+                return TestAsyncGeneratorPrep.items(log, 5)
+
+            def exec(self, item: int) -> int:
+                if item == 1:
+                    raise ValueError(item)
+                return item
+
+        with pytest.raises(ValueError):
+            await Failing().run({})
+        log.append("run returned")
+        assert log == ["generator closed", "run returned"]
+
+    async def test_BatchNode_closes_an_async_generator_when_cancelled(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An outside cancel also closes the generator before run() returns."""
+        log: list[str] = []
+
+        class Slow(trioflow.BatchNode):
+            def prep(self, shared: Any) -> AsyncIterator[int]:
+                return TestAsyncGeneratorPrep.items(log, 5)
+
+            async def exec(self, item: int) -> None:
+                await trio.sleep(1)
+
+        with trio.move_on_after(1.5):
+            await Slow().run({})
+        log.append("run returned")
+        assert log == ["generator closed", "run returned"]
+
+    async def test_BatchFlow_closes_an_async_generator_when_a_run_fails(self) -> None:
+        """A BatchFlow whose sub-flow fails closes the async generator of param sets before it raises."""
+        log: list[str] = []
+
+        class Fail(trioflow.Node):
+            def exec(self, prep_res: Any) -> None:
+                raise KeyError(self.params["i"])
+
+        class Runs(trioflow.BatchFlow):
+            async def prep(self, shared: Any) -> AsyncIterator[dict[str, int]]:
+                async def sets() -> AsyncIterator[dict[str, int]]:
+                    try:
+                        for i in range(3):
+                            await trio.lowlevel.checkpoint()
+                            yield {"i": i}
+                    finally:
+                        log.append("generator closed")
+
+                return sets()
+
+        with pytest.raises(KeyError):
+            await Runs(start=Fail()).run({})
+        log.append("run returned")
+        assert log == ["generator closed", "run returned"]
