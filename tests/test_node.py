@@ -353,11 +353,26 @@ class TestRetry:
         assert [a for n, a, _ in seen if n == "fast"] == [0, 1, 2, 3]
         assert [a for n, a, _ in seen if n == "slow"] == [0, 1]
 
-    async def test_Node_does_not_retry_an_outside_cancel(self, autojump_clock: trio.testing.MockClock) -> None:
-        """A cancel from outside is not retried, not passed to exec_fallback, and post is not called."""
+    @pytest.mark.parametrize("attempt_timeout", [None, 50])
+    async def test_Node_does_not_retry_an_outside_cancel(
+        self, attempt_timeout: float | None, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A cancel from outside is not retried, not passed to exec_fallback (nor made a TooSlowError), no post."""
         shared: dict[str, Any] = {"exec_time": 100, "failures": 0}
         with trio.move_on_after(1) as scope:
-            await Flaky(max_retries=5, timeout=50).run(shared)
+            await Flaky(max_retries=5, timeout=attempt_timeout).run(shared)
+        assert scope.cancelled_caught
+        assert len(shared["attempts"]) == 1
+        assert "fallback" not in shared
+        assert "result" not in shared
+
+    async def test_Node_cancel_during_the_retry_wait_stops_retrying(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An outside cancel while waiting to retry ends the node: no next attempt, no fallback, no post."""
+        shared: dict[str, Any] = {}
+        with trio.move_on_after(5) as scope:
+            await Flaky(max_retries=3, wait=10).run(shared)
         assert scope.cancelled_caught
         assert len(shared["attempts"]) == 1
         assert "fallback" not in shared
