@@ -427,3 +427,31 @@ class TestCancellation:
             nursery.start_soon(trioflow.Flow(start=spin).run, shared)
             nursery.start_soon(cancel_soon)
         assert shared.get("n", 0) < limit
+
+
+class TestStart:
+    async def test_Flow_start_sets_the_start_and_returns_it_for_wiring(self) -> None:
+        """flow.start(a) >> b reads like PocketFlow's and runs a then b."""
+        flow = trioflow.Flow()
+        a = Record("a")
+        assert flow.start(a) is a
+        flow.start(a) >> Record("b")
+        shared: dict[str, Any] = {}
+        await flow.run(shared)
+        assert names(shared) == ["a", "b"]
+
+    async def test_BatchFlow_post_action_routes_the_outer_flow(self) -> None:
+        """A BatchFlow wired as a step routes the outer flow on what its post returns."""
+
+        class Grid(trioflow.BatchFlow):
+            def prep(self, shared: Any) -> list[dict[str, int]]:
+                return [{"i": 0}, {"i": 1}]
+
+            def post(self, shared: Any, prep_res: Any, exec_res: Any) -> str:
+                return "report"
+
+        grid = Grid(start=Record("cell"))
+        grid - "report" >> Record("report")
+        shared: dict[str, Any] = {}
+        await trioflow.Flow(start=grid).run(shared)
+        assert shared["log"] == [("cell", {"i": 0}), ("cell", {"i": 1}), ("report", {})]
