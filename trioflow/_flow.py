@@ -113,21 +113,36 @@ class BatchFlow(Flow):
     async def _run(self, shared: Any) -> str | None:
         prep_res = await call(self.prep, shared)
         param_sets = check_items(self, prep_res)
+        _instrument.batch_started(self, param_sets)
         index = 0
         try:
             if isinstance(param_sets, AsyncIterable):
                 async for param_set in param_sets:
-                    await self._orch(shared, _params(self, param_set))
+                    await self._orch_item(shared, index, param_set)
                     index += 1
             else:
                 for param_set in param_sets:
                     await trio.lowlevel.checkpoint_if_cancelled()
-                    await self._orch(shared, _params(self, param_set))
+                    await self._orch_item(shared, index, param_set)
                     index += 1
         except Exception as exc:
             add_note(exc, f"raised by param set {index} of {node_name(self)}")
             raise
         return check_action(self, await call(self.post, shared, prep_res, None))
+
+    async def _orch_item(self, shared: Any, index: int, param_set: Any) -> str | None:
+        """One run of the sub-flow, with the item events an instrument sees for a batch node's item."""
+        attached = _instrument.current()
+        if attached is None:
+            return await self._orch(shared, _params(self, param_set))
+        attached.emit("item_started", self, index)
+        try:
+            action = await self._orch(shared, _params(self, param_set))
+        except BaseException as exc:
+            attached.emit("item_finished", self, index, exc)
+            raise
+        attached.emit("item_finished", self, index, None)
+        return action
 
 
 @attrs.define(slots=False, eq=False, kw_only=True)
@@ -150,9 +165,11 @@ class ParallelBatchFlow(BatchFlow):
 
     async def _run(self, shared: Any) -> str | None:
         prep_res = await call(self.prep, shared)
+        param_sets = check_items(self, prep_res)
+        _instrument.batch_started(self, param_sets)
 
-        async def run_one(_index: int, param_set: Any) -> str | None:
-            return await self._orch(shared, _params(self, param_set))
+        async def run_one(index: int, param_set: Any) -> str | None:
+            return await self._orch_item(shared, index, param_set)
 
-        await pool_for(self, run_one, check_items(self, prep_res)).run_to_list()
+        await pool_for(self, run_one, param_sets).run_to_list()
         return check_action(self, await call(self.post, shared, prep_res, None))
