@@ -58,6 +58,29 @@ class Flow(Node):
             )
         return successor
 
+    def to_mermaid(self, direction: str = "TD") -> str:
+        """The graph under this flow as Mermaid flowchart source (paste it in a Markdown
+        ```` ```mermaid ```` block, or https://mermaid.live).
+
+        Each node object is one box labelled with its class name; a class wired
+        twice gets two boxes with ids ``Name_1``, ``Name_2`` (numbered in
+        breadth-first order from the start, so they are stable from run to run).
+        Batch kinds are marked (``[[Name (parallel batch)]]``), an edge is
+        labelled with its action (a ``"default"`` edge, ``a >> b``, is left
+        bare), a loop is an edge back, and a nested flow is a subgraph that
+        edges enter and leave as a whole.
+
+        Args:
+            direction: Mermaid's direction: ``"TD"`` (top-down) or ``"LR"`` (left to right).
+
+        Example::
+
+            print(trioflow.Flow(start=load).to_mermaid())
+        """
+        from ._mermaid import to_mermaid
+
+        return to_mermaid(self, direction)
+
     async def _orch(self, shared: Any, params: dict[str, Any] | None = None) -> str | None:
         if self.start_node is None:
             raise ValueError(f"{node_name(self)} has no start node: pass Flow(start=node)")
