@@ -10,7 +10,10 @@ A hook that raises an ``Exception`` is reported with an
 blocks around it); the run itself goes on untouched.  Instruments are for
 watching, so a bug in one must not fail a batch of a thousand API calls.
 A ``BaseException`` from a hook (``KeyboardInterrupt``, ``trio.Cancelled``)
-is never swallowed: it propagates like one from the node itself.
+is never swallowed: it propagates like one from the node itself.  Under
+``-W error`` (pytest's ``filterwarnings = error``) the warning itself is raised
+where the event happened, so a faulty instrument then fails the run loudly,
+which is what a test suite wants.
 
 Cost: each place that can emit an event reads one context variable; with no
 instrument attached that read is all it does.

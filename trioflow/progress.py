@@ -12,7 +12,7 @@ A bar shows items done out of the total when ``prep``'s result has a length
 (a list, a range), or a plain count when it has not (a generator); the mean
 rate in items per second; how many items failed (after their retries), how many
 retries were scheduled and, when a fail-fast batch stopped, how many items were
-cancelled.
+cancelled; then the time elapsed and, when the total is known, the time left.
 
 In a terminal the bars are drawn live by rich.  When the output is not a
 terminal (a log file, CI) the bar degrades to plain lines: one when a batch
@@ -33,7 +33,16 @@ from ._instrument import Instrument
 
 try:
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("trioflow.progress needs rich: pip install 'trioflow[progress]'") from exc
@@ -153,6 +162,7 @@ class ProgressBar(Instrument):
             _RateColumn(),
             _StatusColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=self.console,
             auto_refresh=auto_refresh,
             refresh_per_second=refresh_per_second,
