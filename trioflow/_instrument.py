@@ -140,7 +140,13 @@ def batch_started(node: Node, items: object) -> None:
     """Emit ``batch_started`` with ``len(items)`` when the input has a length."""
     attached = _current.get()
     if attached is not None:
-        attached.emit("batch_started", node, len(items) if isinstance(items, Sized) else None)
+        total: int | None = None
+        if isinstance(items, Sized):
+            try:
+                total = len(items)
+            except Exception:  # a watcher must not fail the run over a broken __len__
+                total = None
+        attached.emit("batch_started", node, total)
 
 
 @contextmanager
