@@ -22,3 +22,15 @@ params_dicts: st.SearchStrategy[dict[str, Any]] = st.dictionaries(
 batch_items: st.SearchStrategy[list[Any]] = st.lists(st.one_of(st.integers(), st.text(max_size=4)), max_size=20)
 
 # -- end of core semantics block ------------------------------------------------------------
+
+# -- instruments (tests/test_instrument.py, tests/test_tracing.py) -------------
+
+#: One batch item's plan: (seconds its exec takes, how many of its attempts fail first).
+item_plans = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=5), st.integers(min_value=0, max_value=3)),
+    min_size=0,
+    max_size=12,
+)
+
+#: A cap for a parallel batch (None: no cap).
+caps = st.one_of(st.none(), st.integers(min_value=1, max_value=6))

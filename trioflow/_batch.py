@@ -69,6 +69,7 @@ class BatchNode(Node):
 
     async def _exec(self, prep_res: Any) -> list[Any]:
         items = check_items(self, prep_res)
+        _instrument.batch_started(self, items)
         results: list[Any] = []
         try:
             if isinstance(items, AsyncIterable):
@@ -141,7 +142,9 @@ class ParallelBatchNode(BatchNode):
         check_parallel_options(self)
 
     async def _exec(self, prep_res: Any) -> list[Any]:
-        return await pool_for(self, self._exec_item, check_items(self, prep_res)).run_to_list()
+        items = check_items(self, prep_res)
+        _instrument.batch_started(self, items)
+        return await pool_for(self, self._exec_item, items).run_to_list()
 
 
 def pool_for(
