@@ -161,13 +161,17 @@ class _Pool(Generic[T, R]):
     # -- running one item ----------------------------------------------------
 
     async def _one(self, index: int, item: T, use_limiter: bool) -> None:
-        if self.rate is not None:
-            await self.rate.wait()
         try:
             if use_limiter and self.limiter is not None:
                 async with self.limiter:
+                    # The rate slot is taken once the token is held, so that a
+                    # wait for the limiter cannot bunch up the starts.
+                    if self.rate is not None:
+                        await self.rate.wait()
                     value: R | Exception = await self.job(index, item)
             else:
+                if self.rate is not None:
+                    await self.rate.wait()
                 value = await self.job(index, item)
         except Exception as exc:
             if self.on_error == "raise":
