@@ -100,6 +100,7 @@ class _Pool(Generic[T, R]):
         self.name = name
         self.results: list[Any] | None = [] if send is None else None
         self.failures: list[Exception] = []
+        self.undelivered: dict[int, Any] = {}  # finished, but the send was cut short (as_completed)
         self.count = 0
         self.stopped = False
         self._cancel_scope: trio.CancelScope | None = None
@@ -183,7 +184,11 @@ class _Pool(Generic[T, R]):
             self.results[index] = value
         else:
             assert self.send is not None
-            await self.send.send((index, value))
+            try:
+                await self.send.send((index, value))
+            except BaseException:
+                self.undelivered[index] = value  # so that BatchError.completed still has it
+                raise
 
     async def _worker(self) -> None:
         pull = self._pull
@@ -226,7 +231,7 @@ class _Pool(Generic[T, R]):
 
     def error(self) -> BatchError:
         """The ``BatchError`` for the failures so far, with what did complete."""
-        completed: dict[int, Any] = {}
+        completed: dict[int, Any] = self.undelivered
         if self.results is not None:
             completed = {i: r for i, r in enumerate(self.results) if r is not _PENDING}
         n = len(self.failures)
