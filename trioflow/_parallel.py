@@ -221,13 +221,21 @@ class _Pool(Generic[T, R]):
 
     async def run(self) -> None:
         """Run every item; failures are left in ``self.failures``."""
-        async with trio.open_nursery() as nursery:
-            self._cancel_scope = nursery.cancel_scope
-            if self.max_concurrency is None:
-                await self._spawn_all(nursery)
-            else:
-                for _ in range(self.max_concurrency):
-                    nursery.start_soon(self._worker)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel_scope = nursery.cancel_scope
+                if self.max_concurrency is None:
+                    await self._spawn_all(nursery)
+                else:
+                    for _ in range(self.max_concurrency):
+                        nursery.start_soon(self._worker)
+        finally:
+            # An async generator left half-pulled (a failure, a cancel, an early
+            # exit) is closed now, as ``aclosing`` would, not later by Trio's
+            # garbage-collection hook, which warns and spawns a task for it.
+            aclose = getattr(self._async_it, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def error(self) -> BatchError:
         """The ``BatchError`` for the failures so far, with what did complete."""
