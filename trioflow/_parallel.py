@@ -186,6 +186,10 @@ class _Pool(Generic[T, R]):
             assert self.send is not None
             try:
                 await self.send.send((index, value))
+            except trio.BrokenResourceError:  # the consumer left early: stop quietly
+                self.stopped = True
+                if self._cancel_scope is not None:
+                    self._cancel_scope.cancel()
             except BaseException:
                 self.undelivered[index] = value  # so that BatchError.completed still has it
                 raise
@@ -345,7 +349,10 @@ async def as_completed(
     )
 
     async def feed() -> None:
-        async with send:
+        # A synchronous close: an ``aclose`` checkpoint here, once the block is
+        # cancelled, would raise Cancelled over an exception in flight (a
+        # KeyboardInterrupt from an item) and the nursery would swallow it.
+        with send:
             await pool.run()
 
     async with trio.open_nursery() as nursery:
