@@ -24,7 +24,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trioflow
@@ -38,6 +38,9 @@ T = TypeVar("T")
 APIS = ("parallel_map", "as_completed", "ParallelBatchNode", "ParallelBatchFlow")
 NODE_APIS = ("ParallelBatchNode", "ParallelBatchFlow")
 apis = st.sampled_from(APIS)
+# The failure and cancel properties race items against each other at one mock instant, where Trio picks
+# the order at random; they get more examples than the profile's default (and never fewer).
+racy = settings(max_examples=max(300, settings().max_examples))
 sync_kinds = st.sampled_from(["list", "generator"])
 
 
@@ -531,6 +534,7 @@ def item_index_of(exc: BaseException) -> int:
 
 
 class TestFailFast:
+    @racy
     @given(
         data=st.data(),
         api=apis,
@@ -646,6 +650,7 @@ cancel_instants = st.sampled_from([k / 4 for k in range(0, 41)]) | st.floats(0, 
 
 
 class TestCancellation:
+    @racy
     @given(
         api=apis,
         durations=sts.duration_lists(),
@@ -691,6 +696,7 @@ class TestCancellation:
         assert set(probe.attempts.values()) <= {1}
         assert probe.fallbacks == []
 
+    @racy
     @given(data=st.data(), api=apis, durations=sts.duration_lists(min_size=1), cap=sts.caps)
     def test_BaseException_in_exec_is_never_retried_nor_given_to_exec_fallback(
         self, data: st.DataObject, api: str, durations: list[float], cap: int | None
@@ -753,6 +759,7 @@ class TestCancellation:
 
 
 class TestAsCompleted:
+    @racy
     @given(data=st.data(), durations=sts.duration_lists(min_size=1), cap=sts.caps, kind=sync_kinds)
     def test_as_completed_leaving_early_cancels_the_rest(
         self, data: st.DataObject, durations: list[float], cap: int | None, kind: str
@@ -781,6 +788,7 @@ class TestAsCompleted:
         assert probe.received.keys() <= finished.keys()
         assert probe.finalized == set(probe.attempts)
 
+    @racy
     @given(
         data=st.data(),
         durations=sts.duration_lists(min_size=1),
@@ -954,8 +962,8 @@ class TestBadInput:
             def prep(self, shared: Any) -> int:
                 return 42
 
-        node = NotIterable(probe=Probe([]), start=ProbeStep(probe=Probe([]))) if cls is ProbeFlow else None
-        node = node or NotIterable(probe=Probe([]))
+        start = {"start": ProbeStep(probe=Probe([]))} if cls is ProbeFlow else {}
+        node = NotIterable(probe=Probe([]), **start)
         with pytest.raises(TypeError, match=r"NotIterable\.prep returned int 42.*not iterable"):
             await node.run({})
 
