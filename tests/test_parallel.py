@@ -815,16 +815,23 @@ class TestAsCompleted:
         interrupts, rest = exc.split(Interrupt)
         assert interrupts is not None and rest is None
 
-    def test_as_completed_lets_a_BaseException_through_a_busy_consumer(self) -> None:
+    @pytest.mark.parametrize(
+        ("durations", "failing", "busy"),
+        [([0.0, 0.5], 1, 0.5), ([0.0, 0.0, 0.0, 0.25], 0, 0.0)],
+        ids=["busy-until-the-failure", "failure-among-ties"],
+    )
+    def test_as_completed_lets_a_BaseException_through_a_busy_consumer(
+        self, durations: list[float], failing: int, busy: float
+    ) -> None:
         """An item's KeyboardInterrupt-like BaseException while the consumer is busy is not swallowed when
-        the block ends (a regression: an ``aclose`` checkpoint in the feeding task let a cancel replace it).
-        Which task Trio runs first is random, so the scenario runs 32 times."""
+        the block ends (regressions: a cancel replaced it at an ``aclose`` checkpoint in the feeding task).
+        Which task Trio runs first at one instant is random, so each scenario runs 32 times."""
 
         async def main() -> None:
-            probe = Probe([0.0, 0.5], failing=frozenset({1}), fail_with=Interrupt)
-            async with trioflow.as_completed(probe.work, range(2)) as results:
+            probe = Probe(durations, failing=frozenset({failing}), fail_with=Interrupt)
+            async with trioflow.as_completed(probe.work, range(len(durations))) as results:
                 async for _ in results:
-                    await trio.sleep(0.5)  # busy until the instant item 1 raises
+                    await trio.sleep(busy)
 
         for _ in range(32):
             with pytest.RaisesGroup(Interrupt, flatten_subgroups=True):
