@@ -23,6 +23,8 @@ from ._instrument import instrumented as instrumented
 from ._node import Node as Node
 from ._parallel import as_completed as as_completed
 from ._parallel import parallel_map as parallel_map
+from .tracing import Span as Span
+from .tracing import Tracer as Tracer
 
 __all__ = [
     "BatchError",
@@ -34,6 +36,8 @@ __all__ = [
     "Node",
     "ParallelBatchFlow",
     "ParallelBatchNode",
+    "Span",
+    "Tracer",
     "as_completed",
     "instrumented",
     "parallel_map",

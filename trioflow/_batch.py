@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
-from typing import Any
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import aclosing, asynccontextmanager
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -14,6 +16,21 @@ from ._node import Node, node_name
 from ._parallel import OnError, _Pool, check_limits
 
 __all__ = ["BatchNode", "ParallelBatchNode"]
+
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def closing_async_gen(items: AsyncIterable[T]) -> AsyncIterator[AsyncIterable[T]]:
+    """``aclosing`` for an async generator, so a batch that stops early (an error, a
+    cancel) runs its ``finally`` now rather than at garbage collection (Trio then warns).
+    Other async iterables (a channel the caller owns, say) are left open."""
+    gen: Any = items
+    if not inspect.isasyncgen(gen):
+        yield items
+        return
+    async with aclosing(gen):
+        yield items
 
 
 def check_items(node: Node, items: Any, what: str = "prep") -> Iterable[Any] | AsyncIterable[Any]:
@@ -52,11 +69,13 @@ class BatchNode(Node):
 
     async def _exec(self, prep_res: Any) -> list[Any]:
         items = check_items(self, prep_res)
+        _instrument.batch_started(self, items)
         results: list[Any] = []
         try:
             if isinstance(items, AsyncIterable):
-                async for item in items:
-                    results.append(await self._exec_item(len(results), item))
+                async with closing_async_gen(items) as async_items:
+                    async for item in async_items:
+                        results.append(await self._exec_item(len(results), item))
             else:
                 for item in items:
                     await trio.lowlevel.checkpoint_if_cancelled()
@@ -130,7 +149,9 @@ class ParallelBatchNode(BatchNode):
         check_parallel_options(self)
 
     async def _exec(self, prep_res: Any) -> list[Any]:
-        return await pool_for(self, self._exec_item, check_items(self, prep_res)).run_to_list()
+        items = check_items(self, prep_res)
+        _instrument.batch_started(self, items)
+        return await pool_for(self, self._exec_item, items).run_to_list()
 
 
 def pool_for(

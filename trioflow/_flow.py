@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from . import _instrument
-from ._batch import check_items, check_parallel_options, pool_for
+from ._batch import check_items, check_parallel_options, closing_async_gen, pool_for
 from ._errors import add_note
 from ._node import Node, call, check_action, node_name
 from ._parallel import OnError
@@ -57,6 +57,29 @@ class Flow(Node):
                 stacklevel=2,
             )
         return successor
+
+    def to_mermaid(self, direction: str = "TD") -> str:
+        """The graph under this flow as Mermaid flowchart source (paste it in a Markdown
+        ```` ```mermaid ```` block, or https://mermaid.live).
+
+        Each node object is one box labelled with its class name; a class wired
+        twice gets two boxes with ids ``Name_1``, ``Name_2`` (numbered in
+        breadth-first order from the start, so they are stable from run to run).
+        Batch kinds are marked (``[[Name (parallel batch)]]``), an edge is
+        labelled with its action (a ``"default"`` edge, ``a >> b``, is left
+        bare), a loop is an edge back, and a nested flow is a subgraph that
+        edges enter and leave as a whole.
+
+        Args:
+            direction: Mermaid's direction: ``"TD"`` (top-down) or ``"LR"`` (left to right).
+
+        Example::
+
+            print(trioflow.Flow(start=load).to_mermaid())
+        """
+        from ._mermaid import to_mermaid
+
+        return to_mermaid(self, direction)
 
     async def _orch(self, shared: Any, params: dict[str, Any] | None = None) -> str | None:
         if self.start_node is None:
@@ -113,21 +136,37 @@ class BatchFlow(Flow):
     async def _run(self, shared: Any) -> str | None:
         prep_res = await call(self.prep, shared)
         param_sets = check_items(self, prep_res)
+        _instrument.batch_started(self, param_sets)
         index = 0
         try:
             if isinstance(param_sets, AsyncIterable):
-                async for param_set in param_sets:
-                    await self._orch(shared, _params(self, param_set))
-                    index += 1
+                async with closing_async_gen(param_sets) as async_param_sets:
+                    async for param_set in async_param_sets:
+                        await self._orch_item(shared, index, param_set)
+                        index += 1
             else:
                 for param_set in param_sets:
                     await trio.lowlevel.checkpoint_if_cancelled()
-                    await self._orch(shared, _params(self, param_set))
+                    await self._orch_item(shared, index, param_set)
                     index += 1
         except Exception as exc:
             add_note(exc, f"raised by param set {index} of {node_name(self)}")
             raise
         return check_action(self, await call(self.post, shared, prep_res, None))
+
+    async def _orch_item(self, shared: Any, index: int, param_set: Any) -> str | None:
+        """One run of the sub-flow, with the item events an instrument sees for a batch node's item."""
+        attached = _instrument.current()
+        if attached is None:
+            return await self._orch(shared, _params(self, param_set))
+        attached.emit("item_started", self, index)
+        try:
+            action = await self._orch(shared, _params(self, param_set))
+        except BaseException as exc:
+            attached.emit("item_finished", self, index, exc)
+            raise
+        attached.emit("item_finished", self, index, None)
+        return action
 
 
 @attrs.define(slots=False, eq=False, kw_only=True)
@@ -150,9 +189,11 @@ class ParallelBatchFlow(BatchFlow):
 
     async def _run(self, shared: Any) -> str | None:
         prep_res = await call(self.prep, shared)
+        param_sets = check_items(self, prep_res)
+        _instrument.batch_started(self, param_sets)
 
-        async def run_one(_index: int, param_set: Any) -> str | None:
-            return await self._orch(shared, _params(self, param_set))
+        async def run_one(index: int, param_set: Any) -> str | None:
+            return await self._orch_item(shared, index, param_set)
 
-        await pool_for(self, run_one, check_items(self, prep_res)).run_to_list()
+        await pool_for(self, run_one, param_sets).run_to_list()
         return check_action(self, await call(self.post, shared, prep_res, None))

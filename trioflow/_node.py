@@ -224,7 +224,9 @@ class Node:
 
     async def _step(self, shared: Any) -> str | None:
         """``_run`` with a checkpoint and the node events, as a flow runs each step."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        # A full checkpoint (not just checkpoint_if_cancelled): a flow of plain-def
+        # nodes that loops must still yield, so deadlines and other tasks can run.
+        await trio.lowlevel.checkpoint()
         attached = _instrument.current()
         if attached is None:
             return await self._run(shared)

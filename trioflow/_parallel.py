@@ -100,6 +100,7 @@ class _Pool(Generic[T, R]):
         self.name = name
         self.results: list[Any] | None = [] if send is None else None
         self.failures: list[Exception] = []
+        self.undelivered: dict[int, Any] = {}  # finished, but the send was cut short (as_completed)
         self.count = 0
         self.stopped = False
         self._cancel_scope: trio.CancelScope | None = None
@@ -175,13 +176,17 @@ class _Pool(Generic[T, R]):
         return True
 
     async def _one(self, index: int, item: T, use_limiter: bool) -> None:
-        if self.rate is not None:
-            await self.rate.wait()
         try:
             if use_limiter and self.limiter is not None:
                 async with self.limiter:
+                    # The rate slot is taken once the token is held, so that a
+                    # wait for the limiter cannot bunch up the starts.
+                    if self.rate is not None:
+                        await self.rate.wait()
                     value: R | Exception = await self.job(index, item)
             else:
+                if self.rate is not None:
+                    await self.rate.wait()
                 value = await self.job(index, item)
         except Exception as exc:
             if not self._failed(index, exc):
@@ -191,7 +196,15 @@ class _Pool(Generic[T, R]):
             self.results[index] = value
         else:
             assert self.send is not None
-            await self.send.send((index, value))
+            try:
+                await self.send.send((index, value))
+            except trio.BrokenResourceError:  # the consumer left early: stop quietly
+                self.stopped = True
+                if self._cancel_scope is not None:
+                    self._cancel_scope.cancel()
+            except BaseException:
+                self.undelivered[index] = value  # so that BatchError.completed still has it
+                raise
 
     async def _worker(self) -> None:
         """Run items one after another, pulling the next only when free."""
@@ -262,17 +275,25 @@ class _Pool(Generic[T, R]):
 
     async def run(self) -> None:
         """Run every item; failures are left in ``self.failures``."""
-        async with trio.open_nursery() as nursery:
-            self._cancel_scope = nursery.cancel_scope
-            if self.max_concurrency is None:
-                await self._spawn_all(nursery)
-            else:
-                for _ in range(self.max_concurrency):
-                    nursery.start_soon(self._worker)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel_scope = nursery.cancel_scope
+                if self.max_concurrency is None:
+                    await self._spawn_all(nursery)
+                else:
+                    for _ in range(self.max_concurrency):
+                        nursery.start_soon(self._worker)
+        finally:
+            # An async generator left half-pulled (a failure, a cancel, an early
+            # exit) is closed now, as ``aclosing`` would, not later by Trio's
+            # garbage-collection hook, which warns and spawns a task for it.
+            aclose = getattr(self._async_it, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def error(self) -> BatchError:
         """The ``BatchError`` for the failures so far, with what did complete."""
-        completed: dict[int, Any] = {}
+        completed: dict[int, Any] = self.undelivered
         if self.results is not None:
             completed = {i: r for i, r in enumerate(self.results) if r is not _PENDING}
         n = len(self.failures)
@@ -378,7 +399,10 @@ async def as_completed(
     )
 
     async def feed() -> None:
-        async with send:
+        # A synchronous close: an ``aclose`` checkpoint here, once the block is
+        # cancelled, would raise Cancelled over an exception in flight (a
+        # KeyboardInterrupt from an item) and the nursery would swallow it.
+        with send:
             await pool.run()
 
     async with trio.open_nursery() as nursery:

@@ -1,0 +1,302 @@
+"""Instruments: which events a run emits, in which order, and what a faulty instrument does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+
+import trioflow
+from tests.strategies import caps, item_plans
+from trioflow import _instrument
+from trioflow._node import Node
+
+
+class Recorder(trioflow.Instrument):
+    """Keeps every event as ``(hook, node, index, detail)``."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Node, int | None, Any]] = []
+
+    def node_started(self, node: Node) -> None:
+        self.events.append(("node_started", node, None, None))
+
+    def node_finished(self, node: Node, action: str | None, error: BaseException | None) -> None:
+        self.events.append(("node_finished", node, None, error if error is not None else action))
+
+    def batch_started(self, node: Node, total: int | None) -> None:
+        self.events.append(("batch_started", node, None, total))
+
+    def item_started(self, node: Node, index: int) -> None:
+        self.events.append(("item_started", node, index, None))
+
+    def item_finished(self, node: Node, index: int, error: BaseException | None) -> None:
+        self.events.append(("item_finished", node, index, error))
+
+    def retry_scheduled(self, node: Node, index: int | None, attempt: int, delay: float, error: Exception) -> None:
+        self.events.append(("retry_scheduled", node, index, (attempt, delay)))
+
+    def flow_step(self, flow: Node, node: Node, action: str | None, successor: Node | None) -> None:
+        self.events.append(("flow_step", node, None, (type(flow).__name__, action, type(successor).__name__)))
+
+    def hooks(self) -> list[str]:
+        return [event[0] for event in self.events]
+
+    def of_item(self, index: int) -> list[tuple[str, Any]]:
+        return [(hook, detail) for hook, _, i, detail in self.events if i == index and hook != "node_finished"]
+
+
+class Planned(trioflow.ParallelBatchNode):
+    """Item ``i`` sleeps ``plans[i][0]`` seconds and fails its first ``plans[i][1]`` attempts."""
+
+    def prep(self, shared: dict[str, Any]) -> list[tuple[int, tuple[int, int]]]:
+        return list(enumerate(shared["plans"]))
+
+    async def exec(self, item: tuple[int, tuple[int, int]]) -> int:
+        index, (duration, failures) = item
+        await trio.sleep(duration)
+        if self.cur_retry < failures:
+            raise ValueError(index)
+        return index
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> str:
+        shared["results"] = exec_res
+        return "done"
+
+
+def run_instantly(fn: Any, *args: Any) -> Any:
+    """``trio.run`` under an autojumping MockClock, for Hypothesis tests (no fixture per example)."""
+    return trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class TestInstrumented:
+    @given(plans=item_plans, cap=caps)
+    def test_instrumented_sees_every_item_event_once_in_order(
+        self, plans: list[tuple[int, int]], cap: int | None
+    ) -> None:
+        """Under a parallel batch each item gets started, its retries, finished - once each, in order."""
+        recorder = Recorder()
+        shared: dict[str, Any] = {"plans": plans}
+        attempts = 3
+
+        async def main() -> None:
+            with trioflow.instrumented(recorder):
+                await Planned(max_concurrency=cap, max_retries=attempts, wait=1, on_error="collect").run(shared)
+
+        run_instantly(main)
+        hooks = recorder.hooks()
+        assert hooks[:2] == ["node_started", "batch_started"]
+        assert recorder.events[1][3] == len(plans)
+        assert hooks[-1] == "node_finished"
+        assert hooks.count("node_started") == hooks.count("node_finished") == 1
+        for index, (_, failures) in enumerate(plans):
+            retries = min(failures, attempts - 1)
+            events = recorder.of_item(index)
+            assert [hook for hook, _ in events] == ["item_started"] + ["retry_scheduled"] * retries + ["item_finished"]
+            assert [detail[0] for hook, detail in events if hook == "retry_scheduled"] == list(range(retries))
+            error = events[-1][1]
+            if failures >= attempts:
+                assert isinstance(error, ValueError)
+                assert isinstance(shared["results"][index], ValueError)
+            else:
+                assert error is None
+                assert shared["results"][index] == index
+        running = peak = 0
+        for hook in hooks:
+            running += {"item_started": 1, "item_finished": -1}.get(hook, 0)
+            peak = max(peak, running)
+        assert peak <= (cap or len(plans))
+
+    async def test_instrumented_items_interleave_across_workers(self, autojump_clock: trio.testing.MockClock) -> None:
+        """Instruments follow the run into the worker tasks: three items all start before any finishes."""
+        recorder = Recorder()
+        with trioflow.instrumented(recorder):
+            await Planned(max_concurrency=3).run({"plans": [(1, 0), (1, 0), (1, 0)]})
+        item_hooks = [hook for hook in recorder.hooks() if hook.startswith("item")]
+        assert item_hooks == ["item_started"] * 3 + ["item_finished"] * 3
+
+    async def test_instrumented_fail_fast_reports_failure_and_cancellations(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """With on_error="raise" the failed item finishes with its error, the others with Cancelled."""
+        recorder = Recorder()
+        with trioflow.instrumented(recorder), pytest.raises(trioflow.BatchError):
+            await Planned(max_concurrency=3).run({"plans": [(5, 0), (1, 1), (5, 0), (5, 0)]})
+        finished = {index: detail for hook, _, index, detail in recorder.events if hook == "item_finished"}
+        assert isinstance(finished.pop(1), ValueError)
+        assert set(finished) == {0, 2}
+        assert all(isinstance(error, trio.Cancelled) for error in finished.values())
+        assert recorder.hooks()[-1] == "node_finished"
+        assert isinstance(recorder.events[-1][3], trioflow.BatchError)
+
+    async def test_instrumented_batch_started_total_is_None_for_a_generator(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A lazy input has no length: batch_started gets None; a list gets its len."""
+
+        class Lazy(trioflow.BatchNode):
+            def prep(self, shared: Any) -> Any:
+                return (i for i in range(3))
+
+        recorder = Recorder()
+        with trioflow.instrumented(recorder):
+            await Lazy().run({})
+            await Planned().run({"plans": [(0, 0)] * 4})
+        totals = [detail for hook, _, _, detail in recorder.events if hook == "batch_started"]
+        assert totals == [None, 4]
+
+    async def test_instrumented_Node_retry_has_no_index_and_grows_by_backoff(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A plain node's retries are reported with index None and the wait*backoff**attempt delay."""
+
+        class Flaky(trioflow.Node):
+            def exec(self, prep_res: Any) -> str:
+                if self.cur_retry < 2:
+                    raise KeyError("again")
+                return "ok"
+
+        recorder = Recorder()
+        with trioflow.instrumented(recorder):
+            await Flaky(max_retries=3, wait=1.0, backoff=3.0).run({})
+        retries = [(index, detail) for hook, _, index, detail in recorder.events if hook == "retry_scheduled"]
+        assert retries == [(None, (0, 1.0)), (None, (1, 3.0))]
+
+    async def test_instrumented_Flow_steps_and_nested_nodes_in_order(self) -> None:
+        """A flow reports each step after that node finished, with the action and the successor."""
+
+        class A(trioflow.Node):
+            def post(self, shared: Any, prep_res: Any, exec_res: Any) -> str:
+                return "go"
+
+        class B(trioflow.Node):
+            pass
+
+        a = A()
+        a - "go" >> B()
+        recorder = Recorder()
+        with trioflow.instrumented(recorder):
+            await trioflow.Flow(start=a).run({})
+        assert [(hook, type(node).__name__) for hook, node, _, _ in recorder.events] == [
+            ("node_started", "Flow"),
+            ("node_started", "A"),
+            ("node_finished", "A"),
+            ("flow_step", "A"),
+            ("node_started", "B"),
+            ("node_finished", "B"),
+            ("flow_step", "B"),
+            ("node_finished", "Flow"),
+        ]
+        steps = [detail for hook, _, _, detail in recorder.events if hook == "flow_step"]
+        assert steps == [("Flow", "go", "B"), ("Flow", None, "NoneType")]
+
+    async def test_instrumented_ParallelBatchFlow_reports_each_param_set_as_an_item(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A batch flow's param sets are its items: batch_started with the count, item events per set."""
+
+        class Sleep(trioflow.Node):
+            async def exec(self, prep_res: Any) -> None:
+                await trio.sleep(self.params["s"])
+
+        class Runs(trioflow.ParallelBatchFlow):
+            def prep(self, shared: Any) -> list[dict[str, int]]:
+                return [{"s": 3}, {"s": 1}, {"s": 2}]
+
+        recorder = Recorder()
+        with trioflow.instrumented(recorder):
+            await Runs(start=Sleep()).run({})
+        runs = [(hook, i) for hook, node, i, _ in recorder.events if isinstance(node, Runs) and hook != "node_finished"]
+        assert runs[:2] == [("node_started", None), ("batch_started", None)]
+        assert sorted(runs[2:5]) == [("item_started", 0), ("item_started", 1), ("item_started", 2)]
+        assert runs[5:] == [("item_finished", 1), ("item_finished", 2), ("item_finished", 0)]
+        assert [hook for hook, node, _, _ in recorder.events if isinstance(node, Sleep)].count("node_started") == 3
+
+    def test_instrumented_of_nothing_keeps_the_fast_path(self) -> None:
+        """instrumented() with no instrument attaches nothing: emit sites see None."""
+        with trioflow.instrumented():
+            assert _instrument.current() is None
+
+    def test_instrumented_blocks_nest_and_unwind(self) -> None:
+        """An inner block adds to the outer one's instruments; leaving it restores the outer set."""
+        outer, inner = Recorder(), Recorder()
+        with trioflow.instrumented(outer):
+            with trioflow.instrumented(inner):
+                attached = _instrument.current()
+                assert attached is not None and attached.instruments == [outer, inner]
+            attached = _instrument.current()
+            assert attached is not None and attached.instruments == [outer]
+        assert _instrument.current() is None
+
+
+class Faulty(trioflow.Instrument):
+    """Raises in ``item_started`` from its ``fail_at``-th call on."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def item_started(self, node: Node, index: int) -> None:
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise RuntimeError("bug in my instrument")
+
+
+class TestFaultyInstrument:
+    async def test_faulty_instrument_is_detached_with_a_warning_and_the_run_goes_on(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A hook that raises warns once, is never called again, and neither the run nor other instruments suffer."""
+        faulty, healthy = Faulty(fail_at=3), Recorder()
+        shared: dict[str, Any] = {"plans": [(1, 0)] * 10}
+        with pytest.warns(trioflow.InstrumentWarning, match="bug in my instrument") as warned:
+            with trioflow.instrumented(faulty, healthy):
+                action = await Planned(max_concurrency=4).run(shared)
+        assert len(warned) == 1
+        assert faulty.calls == 3
+        assert action == "done" and shared["results"] == list(range(10))
+        assert healthy.hooks().count("item_started") == healthy.hooks().count("item_finished") == 10
+
+    async def test_faulty_instrument_is_detached_from_the_outer_block_too(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Detaching in an inner block also detaches the instrument from the block around it."""
+        faulty = Faulty(fail_at=1)
+        with trioflow.instrumented(faulty):
+            with pytest.warns(trioflow.InstrumentWarning), trioflow.instrumented(Recorder()):
+                await Planned().run({"plans": [(0, 0)]})
+            await Planned().run({"plans": [(0, 0)]})
+            attached = _instrument.current()
+            assert attached is not None and attached.instruments == []
+        assert faulty.calls == 1
+
+    async def test_BaseException_from_a_hook_is_not_swallowed(self) -> None:
+        """A hook raising a BaseException (say KeyboardInterrupt) stops the run like any BaseException."""
+
+        class Stop(BaseException):
+            pass
+
+        class Interrupting(trioflow.Instrument):
+            def node_started(self, node: Node) -> None:
+                raise Stop
+
+        with trioflow.instrumented(Interrupting()), pytest.raises(Stop):
+            await trioflow.Node().run({})
+
+    async def test_instrument_needs_only_the_hooks_it_uses(self) -> None:
+        """Any object works as an instrument: missing hooks are skipped."""
+
+        class OnlyStarts:
+            def __init__(self) -> None:
+                self.started: list[str] = []
+
+            def node_started(self, node: Node) -> None:
+                self.started.append(type(node).__name__)
+
+        only = OnlyStarts()
+        with trioflow.instrumented(only):
+            await trioflow.Flow(start=trioflow.Node()).run({})
+        assert only.started == ["Flow", "Node"]
