@@ -6,9 +6,10 @@ order rotated each round; then, unless ``--no-memory``, one fresh child
 process per system (:mod:`benchmarks.child`) for its peak memory.
 
 Scenario 4 is ``benchmarks.bridge.run_bridge(n)`` when that module exists:
-an ``async def`` run under ``trio.run`` that returns ``{system name: µs per
-item}``; the system whose name contains ``aio_as_trio`` is the baseline of
-its target and the first other one is the system under test.
+an ``async def`` run under ``trio.run`` that returns ``{system name: seconds
+per call}`` (it runs its own rounds and keeps each system's best).  The
+system whose name contains ``aio_as_trio`` is the baseline of its target,
+the first other one the system under test.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def run_group(group: Group, memory: bool, advance: Callable[[str], None]) -> Res
 
 
 def run_bridge_group(group: Group, memory: bool, advance: Callable[[str], None]) -> Result:
-    """Scenario 4: ``benchmarks.bridge.run_bridge(n)`` returns µs per item for each of its systems."""
+    """Scenario 4: ``benchmarks.bridge.run_bridge(n)`` returns seconds per call for each of its systems."""
     import trio
 
     run_bridge = load_bridge()
@@ -204,8 +205,8 @@ def run_bridge_group(group: Group, memory: bool, advance: Callable[[str], None])
             advance(f"{label}: run {rep + 1}/{group.repeats}")
             gc.collect()
             got: dict[str, float] = trio.run(run_bridge, group.n)
-            for system, us in got.items():
-                figures.setdefault(system, Figure()).runs.append(us * group.n / 1e6)
+            for system, per_call in got.items():
+                figures.setdefault(system, Figure()).runs.append(per_call * group.n)
             advance("")
         got_mem = None
         if memory:
