@@ -129,9 +129,14 @@ class _Host:
     def _job_done(self) -> None:
         pass
 
-    def create_task(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> asyncio.Task[Any]:
+    def create_task(
+        self,
+        fn: Callable[..., Coroutine[Any, Any, Any]],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Task[Any]:
         """Start ``fn(*args)`` as an asyncio task on the loop (from the Trio side)."""
-        return self.loop.create_task(fn(*args))
+        return self.loop.create_task(fn(*args), context=context)
 
     async def wait(self, task: asyncio.Future[Any]) -> Any:
         """Trio-flavored: wait for an asyncio task of the loop; a Trio cancel cancels it and waits on."""

@@ -150,21 +150,43 @@ class _Strand:
             assert self.baton is not None
             self.baton.release()
 
-    async def aio(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``await fn(*args)`` as an asyncio task on the caller's loop, giving up the baton meanwhile."""
+    def start(
+        self, fn: Callable[..., Any], *args: Any, context: contextvars.Context | None = None
+    ) -> _Started:
+        """Start ``fn(*args)`` as an asyncio task on the caller's loop; no user code runs yet.
+
+        Its ticket is queued for the baton when the task finishes, in the
+        asyncio callback, so strands resume in the order asyncio finished them.
+        """
         if self.host is None:  # pragma: no cover - async nodes refuse sync runs before this
             raise RuntimeError("Use run_async.")
         baton = self.baton
         assert baton is not None
         ticket = _Ticket()
-        task = self.host.create_task(fn, *args)
+        task = self.host.create_task(fn, *args, context=context)
         task.add_done_callback(lambda _: baton.host_enqueue(ticket))
+        return task, ticket
+
+    async def finish(self, started: _Started) -> Any:
+        """Wait for a started task, without the baton; return holding it again.
+
+        A Trio cancel cancels the asyncio task and waits until it is done.
+        """
+        task, ticket = started
         self.release()
+        assert self.host is not None
         try:
             return await self.host.wait(task)
         finally:
             with trio.CancelScope(shield=True):
                 await self.acquire(ticket)
+
+    async def aio(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``await fn(*args)`` as an asyncio task on the caller's loop, giving up the baton meanwhile."""
+        return await self.finish(self.start(fn, *args))
+
+
+_Started = tuple["asyncio.Task[Any]", _Ticket]
 
 
 class _ItemFailed(Exception):
@@ -172,31 +194,48 @@ class _ItemFailed(Exception):
 
 
 async def _parallel(
-    strand: _Strand, owner: Any, items: Iterable[Any], fn: Callable[[_Strand, Any], Awaitable[Any]]
+    strand: _Strand,
+    owner: Any,
+    items: Iterable[Any],
+    fn: Callable[[_Strand, Any, _Started | None], Awaitable[Any]],
+    prestart: Callable[[_Strand, Any], _Started | None] | None = None,
 ) -> list[Any]:
-    """``asyncio.gather(*(fn(item) for item in items))`` on trioflow's pool, in baton order."""
+    """``asyncio.gather(*(fn(item) for item in items))`` on trioflow's pool, in asyncio's order.
+
+    Items are taken in input order when the pool pulls them: ``prestart``
+    starts an item's first asyncio task right then (so, without a cap, all of
+    them start in one turn of the loop, in order, as gather's tasks do); an
+    item without one queues for the baton instead.
+    """
     iterator = iter(items)
     baton = strand.baton
     assert baton is not None
     first_error: list[Exception] = []
 
-    def pulled() -> Iterable[tuple[_Ticket, Any]]:
+    def pulled() -> Iterable[tuple[_Ticket | None, _Started | None, Any]]:
         for item in iterator:
-            ticket = _Ticket()
-            baton.enqueue(ticket)  # items queue for the baton in input order
-            yield ticket, item
+            started = prestart(strand, item) if prestart is not None else None
+            if started is not None:
+                yield None, started, item
+            else:
+                ticket = _Ticket()
+                baton.enqueue(ticket)
+                yield ticket, None, item
 
-    async def job(_index: int, pair: tuple[_Ticket, Any]) -> Any:
-        ticket, item = pair
+    async def job(_index: int, entry: tuple[_Ticket | None, _Started | None, Any]) -> Any:
+        ticket, started, item = entry
         child = _Strand(strand.host, baton)
         try:
-            await child.acquire(ticket)
-            return await fn(child, item)
+            if ticket is not None:
+                await child.acquire(ticket)
+            return await fn(child, item, started)
         except Exception as exc:
             if not first_error:
                 first_error.append(exc)
             raise _ItemFailed from None
         finally:
+            if started is not None and not started[1].granted:
+                started[1].abandoned = True
             child.release()
 
     pool: _Pool[Any, Any] = _Pool(
@@ -432,9 +471,16 @@ class AsyncNode(Node):
         pass
 
     async def _trio_exec(self, strand: _Strand, prep_res: Any) -> Any:
+        return await self._trio_exec_one(strand, prep_res)
+
+    async def _trio_exec_one(self, strand: _Strand, prep_res: Any, started: _Started | None = None) -> Any:
+        """PocketFlow's ``AsyncNode._exec``; ``started``: the first attempt's task, already running."""
         for i in range(self.max_retries):
             token = _ATTEMPT.set(i)
             try:
+                if started is not None:
+                    first, started = started, None
+                    return await strand.finish(first)
                 return await strand.aio(self.exec_async, prep_res)
             except Exception as e:
                 if i == self.max_retries - 1:
@@ -467,7 +513,7 @@ class AsyncNode(Node):
 
 class AsyncBatchNode(AsyncNode, BatchNode):
     async def _trio_exec(self, strand: _Strand, items: Any) -> Any:
-        return [await AsyncNode._trio_exec(self, strand, i) for i in items]
+        return [await AsyncNode._trio_exec_one(self, strand, i) for i in items]
 
 
 class AsyncParallelBatchNode(AsyncNode, BatchNode):
@@ -478,7 +524,16 @@ class AsyncParallelBatchNode(AsyncNode, BatchNode):
         self.max_concurrency = max_concurrency
 
     async def _trio_exec(self, strand: _Strand, items: Any) -> Any:
-        return await _parallel(strand, self, items, lambda s, i: AsyncNode._trio_exec(self, s, i))
+        return await _parallel(strand, self, items, lambda s, i, started: AsyncNode._trio_exec_one(self, s, i, started),
+                               prestart=self._start_item)
+
+    def _start_item(self, strand: _Strand, item: Any) -> _Started | None:
+        """The first attempt's ``exec_async(item)`` task, started as gather would start it."""
+        if not self.max_retries > 0:
+            return None
+        context = contextvars.copy_context()
+        context.run(_ATTEMPT.set, 0)
+        return strand.start(self.exec_async, item, context=context)
 
 
 class AsyncFlow(Flow, AsyncNode):
@@ -520,7 +575,7 @@ class AsyncParallelBatchFlow(AsyncFlow, BatchFlow):
     async def _trio_run_async(self, strand: _Strand, shared: Any) -> Any:
         pr = await strand.aio(self.prep_async, shared) or []
 
-        async def one(s: _Strand, bp: Any) -> Any:
+        async def one(s: _Strand, bp: Any, _: _Started | None) -> Any:
             return await self._trio_orch_async(s, shared, {**self.params, **bp})
 
         await _parallel(strand, self, pr, one)
