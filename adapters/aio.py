@@ -502,10 +502,18 @@ class AsyncioNode(trioflow.Node):
         set_params = getattr(run._target, "set_params", None)
         if set_params is not None:
             set_params(self.params)
-        if _needs_loop():
-            async with _trio_asyncio().open_loop():
-                return await trioflow.Node._run(run, shared)
-        return await trioflow.Node._run(run, shared)
+        if not _needs_loop():
+            return await trioflow.Node._run(run, shared)
+        # The loop's nursery would wrap an error in an ExceptionGroup: carry it out bare.
+        error: Exception | None = None
+        async with _trio_asyncio().open_loop():
+            try:
+                action = await trioflow.Node._run(run, shared)
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            raise error
+        return action
 
 
 @attrs.define(slots=False, eq=False, kw_only=True, init=False)

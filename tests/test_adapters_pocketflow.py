@@ -196,20 +196,20 @@ class TestSync:
     def test_batch_prep_returning_None(self) -> None:
         """prep -> None: a BatchNode runs no item; an AsyncBatchNode raises TypeError, as in PocketFlow."""
         for mod in (pf, real):
-            seen: list[Any] = []
+            shared: dict[str, Any] = {}
             node = mod.BatchNode()
-            node.post = lambda shared, p, e: seen.append(e)
-            node.run({})
-            assert seen == [[]]
+            node.post = lambda shared, p, e: shared.update(e=e)
+            node.run(shared)
+            assert shared == {"e": []}
             with pytest.raises(TypeError):
                 asyncio.run(mod.AsyncBatchNode().run_async({}))
 
     def test_AsyncNode_in_sync_Flow_raises_RuntimeError(self) -> None:
         """Sync run() of an async node (alone or in a Flow) says to use run_async."""
         for mod in (pf, real):
-            with pytest.raises(RuntimeError, match="Use run_async."):
+            with pytest.raises(RuntimeError, match=r"Use run_async\."):
                 mod.AsyncNode().run({})
-            with pytest.raises(RuntimeError, match="Use run_async."):
+            with pytest.raises(RuntimeError, match=r"Use run_async\."):
                 mod.Flow(start=mod.AsyncNode()).run({})
 
     def test_exceptions_come_out_bare(self) -> None:
@@ -391,19 +391,21 @@ class TestAsync:
     def test_asyncio_cancel_cancels_the_flow(self, arun: Runner) -> None:
         """Cancelling the asyncio task awaiting run_async cancels the node's coroutine; its finally runs first."""
         log: list[str] = []
+        started: list[asyncio.Event] = []
 
         class Hang(pf.AsyncNode):
             async def exec_async(self, p: Any) -> None:
                 try:
                     log.append("started")
+                    started[0].set()
                     await asyncio.Event().wait()
                 finally:
                     log.append("finally")
 
         async def main() -> None:
+            started.append(asyncio.Event())
             task = asyncio.ensure_future(pf.AsyncFlow(start=Hang()).run_async({}))
-            while not log:
-                await asyncio.sleep(0)
+            await started[0].wait()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
