@@ -40,10 +40,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
+import inspect
 import threading
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any
 
 import outcome
@@ -82,6 +83,11 @@ class _Ticket:
         self.event = trio.Event()
         self.granted = False
         self.abandoned = False
+
+    def grant_held(self) -> None:
+        """Wake the waiter, who never gave the baton up."""
+        self.granted = True
+        self.event.set()
 
 
 class _Baton:
@@ -182,8 +188,86 @@ class _Strand:
                 await self.acquire(ticket)
 
     async def aio(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``await fn(*args)`` as an asyncio task on the caller's loop, giving up the baton meanwhile."""
-        return await self.finish(self.start(fn, *args))
+        """``await fn(*args)`` as an asyncio task on the caller's loop.
+
+        The strand keeps the baton until the coroutine first suspends, as an
+        asyncio task awaiting a coroutine keeps running until then: a
+        coroutine that finishes without suspending (``prep_async`` that only
+        reads ``shared``) lets no other strand in.
+        """
+        host, baton = self.host, self.baton
+        if host is None or baton is None:  # pragma: no cover - async nodes refuse sync runs before this
+            raise RuntimeError("Use run_async.")
+        ticket = _Ticket()
+        suspended = False
+
+        def on_suspend() -> None:  # in the asyncio task: give the baton up
+            nonlocal suspended
+            suspended = True
+            host.run_sync_soon(self.release)
+
+        def done(_: object) -> None:  # asyncio callback: queue again, or keep the baton
+            if suspended:
+                baton.host_enqueue(ticket)
+            else:
+                host.run_sync_soon(ticket.grant_held)
+
+        task = host.create_task(_watch, on_suspend, fn, *args)
+        task.add_done_callback(done)
+        try:
+            return await host.wait(task)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.acquire(ticket)
+
+
+async def _watch(on_suspend: Callable[[], None], fn: Callable[..., Any], *args: Any) -> Any:
+    """``await fn(*args)``, calling ``on_suspend()`` the first time it suspends.
+
+    The call happens inside the task, so a task cancelled before its first
+    step leaves no coroutine never awaited.
+    """
+    awaitable = fn(*args)
+    if not inspect.isawaitable(awaitable):
+        raise TypeError(f"object {type(awaitable).__name__} can't be used in 'await' expression")
+    return await _Watch(awaitable, on_suspend)
+
+
+class _Watch:
+    __slots__ = ("awaitable", "on_suspend")
+
+    def __init__(self, awaitable: Awaitable[Any], on_suspend: Callable[[], None]) -> None:
+        self.awaitable = awaitable
+        self.on_suspend = on_suspend
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        inner = self.awaitable.__await__()
+        try:
+            pending = inner.send(None)
+        except StopIteration as stop:
+            return stop.value
+        self.on_suspend()
+        return (yield from _forward(inner, pending))
+
+
+def _forward(inner: Generator[Any, Any, Any], pending: Any) -> Generator[Any, Any, Any]:
+    """``yield from inner`` for an ``inner`` that already yielded ``pending``."""
+    while True:
+        try:
+            sent = yield pending
+        except GeneratorExit:
+            inner.close()
+            raise
+        except BaseException as exc:
+            try:
+                pending = inner.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                pending = inner.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 _Started = tuple["asyncio.Task[Any]", _Ticket]
@@ -214,6 +298,9 @@ async def _parallel(
 
     def pulled() -> Iterable[tuple[_Ticket | None, _Started | None, Any]]:
         for item in iterator:
+            # The parent waits for its items from the first one on (gather() of
+            # nothing does not suspend): other strands may run now.
+            strand.release()
             started = prestart(strand, item) if prestart is not None else None
             if started is not None:
                 yield None, started, item
@@ -246,17 +333,17 @@ async def _parallel(
         max_per_second=None,
         name=type(owner).__name__,
     )
-    strand.release()
     error: BaseException | None = None
     try:
         results = await pool.run_to_list()
     except BatchError as err:
         error = first_error[0] if first_error else err.exceptions[0]  # else: the input itself raised
     finally:
-        resume = _Ticket()
-        baton.enqueue(resume)
-        with trio.CancelScope(shield=True):
-            await strand.acquire(resume)
+        if not strand.holding:
+            resume = _Ticket()
+            baton.enqueue(resume)
+            with trio.CancelScope(shield=True):
+                await strand.acquire(resume)
     if error is not None:
         raise error
     return results
@@ -473,14 +560,11 @@ class AsyncNode(Node):
     async def _trio_exec(self, strand: _Strand, prep_res: Any) -> Any:
         return await self._trio_exec_one(strand, prep_res)
 
-    async def _trio_exec_one(self, strand: _Strand, prep_res: Any, started: _Started | None = None) -> Any:
-        """PocketFlow's ``AsyncNode._exec``; ``started``: the first attempt's task, already running."""
+    async def _trio_exec_one(self, strand: _Strand, prep_res: Any) -> Any:
+        """PocketFlow's ``AsyncNode._exec``: attempts, then the fallback."""
         for i in range(self.max_retries):
             token = _ATTEMPT.set(i)
             try:
-                if started is not None:
-                    first, started = started, None
-                    return await strand.finish(first)
                 return await strand.aio(self.exec_async, prep_res)
             except Exception as e:
                 if i == self.max_retries - 1:
@@ -524,16 +608,36 @@ class AsyncParallelBatchNode(AsyncNode, BatchNode):
         self.max_concurrency = max_concurrency
 
     async def _trio_exec(self, strand: _Strand, items: Any) -> Any:
-        return await _parallel(strand, self, items, lambda s, i, started: AsyncNode._trio_exec_one(self, s, i, started),
-                               prestart=self._start_item)
+        async def finish(s: _Strand, _item: Any, started: _Started | None) -> Any:
+            assert started is not None
+            return await s.finish(started)
 
-    def _start_item(self, strand: _Strand, item: Any) -> _Started | None:
-        """The first attempt's ``exec_async(item)`` task, started as gather would start it."""
-        if not self.max_retries > 0:
-            return None
-        context = contextvars.copy_context()
-        context.run(_ATTEMPT.set, 0)
-        return strand.start(self.exec_async, item, context=context)
+        return await _parallel(strand, self, items, finish, prestart=self._start_item)
+
+    def _start_item(self, strand: _Strand, item: Any) -> _Started:
+        """Start the item's attempts as one asyncio task, as ``gather`` starts ``_exec(item)``.
+
+        Within the task the attempts run back to back, so an attempt that fails
+        without suspending is retried before the next item starts, as in PocketFlow.
+        """
+        return strand.start(_item_attempts, self, item)
+
+
+async def _item_attempts(node: AsyncNode, prep_res: Any) -> Any:
+    """PocketFlow's ``AsyncNode._exec`` for one parallel item, as asyncio code in its own task.
+
+    The attempt number goes to the task's own context, so ``cur_retry`` is per item.
+    """
+    for i in range(node.max_retries):
+        _ATTEMPT.set(i)
+        try:
+            return await node.exec_async(prep_res)
+        except Exception as e:
+            if i == node.max_retries - 1:
+                return await node.exec_fallback_async(prep_res, e)
+            if node.wait > 0:
+                await asyncio.sleep(node.wait)
+    return None
 
 
 class AsyncFlow(Flow, AsyncNode):
