@@ -290,9 +290,12 @@ def _trio_asyncio() -> Any:
     """trio_asyncio, imported on first use: importing it makes ``asyncio.run`` and
     ``asyncio.new_event_loop`` build trio-asyncio loops process-wide, which a
     program that only uses :func:`run_flow` or ``adapters.pocketflow`` should not get."""
-    import trio_asyncio
+    module = sys.modules.get("trio_asyncio")
+    if module is None:
+        import trio_asyncio
 
-    return trio_asyncio
+        module = trio_asyncio
+    return module
 
 
 def _on_trio_asyncio(loop: asyncio.AbstractEventLoop) -> bool:
@@ -385,7 +388,19 @@ async def call_asyncio(fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) 
     host = _HOST.get()
     if host is not None:
         return await host.call(fn, *args)
-    return await _trio_asyncio().aio_as_trio(fn)(*args)
+    loop = _trio_asyncio().current_loop.get()
+    if loop is None:
+        raise RuntimeError("call_asyncio needs a trio-asyncio loop: run it inside trio_asyncio.open_loop()")
+    # What aio_as_trio(fn)(*args) does, minus a wrapper object and a coroutine
+    # per call: calling an async def only creates its coroutine, nothing runs.
+    awaitable = fn(*args)
+    if not asyncio.iscoroutine(awaitable):
+        awaitable = _await(awaitable)
+    return await loop.run_aio_coroutine(awaitable)
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 def _needs_loop() -> bool:
