@@ -278,6 +278,10 @@ class _TrioAsyncioHost(_Host):
         self.token = trio.lowlevel.current_trio_token()
 
     def host_submit(self, job: _Job) -> None:
+        token = trio.lowlevel.current_trio_token()
+        if token is not self.token:  # the loop runs under a new Trio run: start afresh
+            self.token = token
+            self.extras.clear()
         if job.on_start is not None:
             job.on_start()
         self.aio_loop.trio_as_future(self._run_job, job)
@@ -344,7 +348,9 @@ async def run_trio(
     try:
         result = await asyncio.shield(future)
     except asyncio.CancelledError:
-        host.run_sync_soon(job.cancel)
+        job.cancel_requested = True  # a job not started yet starts cancelled
+        if job.scope is not None and not future.done():
+            host.run_sync_soon(job.cancel)
         while not future.done():
             try:
                 await asyncio.shield(future)
