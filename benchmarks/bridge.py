@@ -30,7 +30,7 @@ from adapters.aio import AsyncioNode
 __all__ = ["run_bridge"]
 
 
-class _Echo(pocketflow.AsyncBatchNode):
+class _Echo(pocketflow.AsyncBatchNode):  # type: ignore[misc]  # pocketflow is untyped
     """``n`` items, each an ``exec_async`` that returns at once."""
 
     def __init__(self, n: int) -> None:

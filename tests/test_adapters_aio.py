@@ -29,7 +29,7 @@ class Double(pocketflow.AsyncNode):
 
     async def exec_async(self, x: int) -> int:
         await asyncio.sleep(1)
-        return 2 * x * self.params.get("factor", 1)
+        return 2 * x * int(self.params.get("factor", 1))
 
     async def post_async(self, shared: dict[str, Any], prep_res: Any, exec_res: int) -> str:
         shared["x"] = exec_res
@@ -205,7 +205,7 @@ class TestAsyncioBatchNodes:
 def _pf_squares() -> Any:
     class PfSquares(pf.AsyncParallelBatchNode):
         prep_async = Squares.prep_async
-        exec_async = Squares.exec_async
+        exec_async = Squares.exec_async  # type: ignore[assignment]
         post_async = Squares.post_async
 
         def __init__(self) -> None:
@@ -326,7 +326,7 @@ class TestRunFlow:
                 return None
 
         both = trioflow.ParallelBatchNode()
-        both.exec = lambda item: item()  # type: ignore[method-assign]
+        both.exec = lambda item: item()  # type: ignore[method-assign, assignment]
         both.prep = lambda shared: [  # type: ignore[method-assign]
             lambda: TrioWait().run({}),
             lambda: AsyncioNode(AioWait()).run({}),
@@ -354,7 +354,7 @@ class TestRunFlow:
     def test_run_flow_refuses_non_nodes(self) -> None:
         """run_flow takes a trioflow node or flow only."""
         with pytest.raises(TypeError, match="trioflow Node"):
-            _plain_asyncio(run_flow(Double(), {}))  # type: ignore[arg-type]
+            _plain_asyncio(run_flow(Double(), {}))
 
 
 def _trio_asyncio_loop() -> asyncio.AbstractEventLoop:

@@ -25,9 +25,9 @@ Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
 def _trio_asyncio_loop() -> asyncio.AbstractEventLoop:
     # What asyncio.run builds once trio_asyncio is imported (and no other policy is set).
-    loop: asyncio.AbstractEventLoop = SyncTrioEventLoop()
+    loop = SyncTrioEventLoop()
     assert isinstance(loop, trio_asyncio.BaseTrioEventLoop)
-    return loop
+    return loop  # type: ignore[no-any-return]
 
 
 @pytest.fixture(params=["asyncio", "trio-asyncio"])
@@ -68,7 +68,7 @@ class TestClasses:
             assert (node.max_retries, node.wait, node.params, node.successors) == (3, 0.5, {}, {})
             assert mod.Flow(node).start_node is node
             with pytest.raises(TypeError, match="Action must be a string"):
-                node - 1  # type: ignore[operator]
+                node - 1
 
 
 def _warnings_of(fn: Callable[[], Any]) -> list[tuple[type[Warning], str]]:
