@@ -19,11 +19,18 @@ Trio run, e.g. a guest run).
 Order: asyncio runs its ready tasks first in, first out, and PocketFlow
 programs rely on it (parallel items with equal delays finish in start order).
 Trio's scheduler does not promise an order, so a *baton* hands the right to
-run user code to one strand (one ``run_async`` call or one parallel item) at
-a time, in the order asyncio would: a strand gives it up while it awaits an
-asyncio coroutine and queues for it again when that coroutine finishes (in
-the asyncio callback, so in asyncio's order); parallel items queue in input
-order when the pool pulls them.
+run user code to one strand (one ``run_async`` call, one parallel item or
+sub-flow) at a time, in the order asyncio would: a strand keeps it while a
+coroutine it awaits has not suspended (awaiting a coroutine that never
+suspends does not yield in asyncio either), gives it up when the coroutine
+suspends and queues for it again when the coroutine finishes (in the asyncio
+callback, so in asyncio's order).  Parallel sub-flows queue in input order
+when the pool pulls them; a parallel node's items start, each as one asyncio
+task running its attempts, when the pool pulls them, as ``asyncio.gather``
+starts ``_exec(item)`` for each item.  The differential tests check this
+order against PocketFlow's; what remains different is time, not order: each
+crossing between Trio and asyncio costs a few turns of the loop, so calls
+that PocketFlow makes in the same turn may here be a few turns apart.
 
 Beyond PocketFlow: ``AsyncParallelBatchNode`` and ``AsyncParallelBatchFlow``
 accept ``max_concurrency=`` (the pool's cap); ``self.cur_retry`` inside an
@@ -294,7 +301,7 @@ async def _parallel(
     iterator = iter(items)
     baton = strand.baton
     assert baton is not None
-    first_error: list[Exception] = []
+    first_error: list[BaseException] = []
 
     def pulled() -> Iterable[tuple[_Ticket | None, _Started | None, Any]]:
         for item in iterator:
@@ -316,7 +323,9 @@ async def _parallel(
             if ticket is not None:
                 await child.acquire(ticket)
             return await fn(child, item, started)
-        except Exception as exc:
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:  # comes out bare, after the others are cancelled
             if not first_error:
                 first_error.append(exc)
             raise _ItemFailed from None
