@@ -53,7 +53,7 @@ SHIM = textwrap.dedent(
 @pytest.fixture(scope="module")
 def sdist_tests(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sdist's tests/ directory, extracted into a temporary directory."""
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     download = cache.mkdir("pocketflow-sdist") if cache is not None else tmp_path_factory.mktemp("sdist")
     archive = download / SDIST
     if not archive.exists() or hashlib.sha256(archive.read_bytes()).hexdigest() != SDIST_SHA256:
