@@ -374,3 +374,12 @@ def test_trioflow_never_imports_asyncio_or_the_adapters() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 imported.add(node.module.split(".")[0])
     assert imported.isdisjoint({"asyncio", "trio_asyncio", "adapters"}), imported
+
+
+async def test_run_bridge_reports_both_costs() -> None:
+    """benchmarks.bridge.run_bridge measures the wrapped node and aio_as_trio, per call (no timing asserted)."""
+    from benchmarks.bridge import run_bridge
+
+    result = await run_bridge(20, rounds=1)
+    assert set(result) == {"trioflow-aio", "aio_as_trio"}
+    assert all(0 < seconds < 1 for seconds in result.values())
