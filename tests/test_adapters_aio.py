@@ -351,6 +351,26 @@ class TestRunFlow:
         assert rec.log[-1] == "cancelled"
         assert sorted(rec.log[:-1]) == ["enter aio", "exit aio", "trio finally", "trio waiting"]
 
+    def test_run_flow_sibling_failure_cancels_asyncio_items_on_the_callers_loop(self) -> None:
+        """Under run_flow, a failing item cancels its siblings' asyncio tasks; cleanups ran before BatchError."""
+        rec = Recorder()
+
+        class Items(pocketflow.AsyncParallelBatchNode):
+            async def prep_async(self, shared: Any) -> list[int]:
+                return [0, 1, 2]
+
+            async def exec_async(self, i: int) -> int:
+                async with rec.resource(f"item {i}"):
+                    if i == 1:
+                        await asyncio.sleep(0)
+                        raise KeyError(i)
+                    await asyncio.Event().wait()
+                    return i
+
+        with pytest.RaisesGroup(pytest.RaisesExc(KeyError)):
+            _plain_asyncio(run_flow(trioflow.Flow(start=AsyncioNode(Items())), {}))
+        assert sorted(rec.log) == sorted([f"{verb} item {i}" for i in range(3) for verb in ("enter", "exit")])
+
     def test_run_flow_refuses_non_nodes(self) -> None:
         """run_flow takes a trioflow node or flow only."""
         with pytest.raises(TypeError, match="trioflow Node"):
