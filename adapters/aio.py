@@ -136,6 +136,8 @@ class _Host:
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[Any]:
         """Start ``fn(*args)`` as an asyncio task on the loop (from the Trio side)."""
+        if context is None:  # create_task takes ``context`` from Python 3.11 on
+            return self.loop.create_task(fn(*args))
         return self.loop.create_task(fn(*args), context=context)
 
     async def wait(self, task: asyncio.Future[Any]) -> Any:
