@@ -22,7 +22,11 @@ by :func:`run_flow` execute on the caller's loop itself, so loop-bound objects
 the caller made (an ``aiohttp.ClientSession``, an ``asyncio.Lock``) work inside
 them.  Trio allows one run per thread, so every call made from one loop shares
 one guest run (:class:`_GuestHost`), started on the first call and ended when
-the last call returns.
+the last call returns.  One case is different: once ``trio_asyncio`` is
+imported, ``asyncio.run`` itself builds trio-asyncio loops, which already run
+on Trio; there the call runs as a task of that Trio run (:class:`_TrioAsyncioHost`).
+This module imports ``trio_asyncio`` only when an :class:`AsyncioNode` needs it,
+so a program that only uses :func:`run_flow` keeps asyncio's own loops.
 
 Cancellation crosses both ways: a Trio cancel (``move_on_after``, a failing
 sibling) cancels the asyncio task underneath and waits until its ``finally``
