@@ -702,7 +702,8 @@ class TestCancellation:
         self, data: st.DataObject, api: str, durations: list[float], cap: int | None
     ) -> None:
         """A KeyboardInterrupt-like BaseException from an item is not retried, not given to exec_fallback,
-        not put in a BatchError: it propagates (in Trio's BaseExceptionGroup) and leaves no task."""
+        not put in a BatchError: it propagates (bare when alone, see TestBareBaseException) and leaves
+        no task."""
         probe = Probe(durations, failing=data.draw(sts.failure_positions(len(durations))), fail_with=Interrupt)
         counter = TaskCounter()
         max_retries = 1 if api in ("parallel_map", "as_completed") else 3
@@ -1033,3 +1034,56 @@ class TestBadInput:
         with pytest.raises(error, match=rf"^as_completed: {option}"):
             async with trioflow.as_completed(_double, [1], **{option: value}):
                 pass  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------
+# A lone BaseException comes out bare; only async generators are closed
+# ---------------------------------------------------------------------------
+
+
+class TestBareBaseException:
+    @pytest.mark.parametrize("api", ["parallel_map", *NODE_APIS])
+    @pytest.mark.parametrize("cap", [None, 1, 3])
+    def test_lone_BaseException_propagates_bare(self, api: str, cap: int | None) -> None:
+        """One item's KeyboardInterrupt-like BaseException leaves the batch as itself, not wrapped
+        in Trio's BaseExceptionGroup, and no task is left behind."""
+        probe = Probe([1.0, 0.5, 2.0, 1.0], failing=frozenset({1}), fail_with=Interrupt)
+        counter = TaskCounter()
+
+        async def main() -> tuple[int, int]:
+            baseline = len(counter.live)
+            with pytest.raises(Interrupt):
+                await run_batch(api, probe, max_concurrency=cap)
+            return baseline, len(counter.live)
+
+        baseline, live = run_in_mock_time(main, counter)
+        assert live == baseline
+
+    def test_several_BaseExceptions_at_once_stay_a_group(self) -> None:
+        """Two items raising BaseExceptions in the same scheduling round (neither reaches a checkpoint
+        where the first one's cancel could stop it) are not reduced to one of them."""
+
+        async def interrupt_at_once(i: int) -> None:
+            raise Interrupt(i)
+
+        async def main() -> None:
+            with pytest.RaisesGroup(Interrupt, Interrupt):
+                await trioflow.parallel_map(interrupt_at_once, [0, 1], max_concurrency=2)
+
+        run_in_mock_time(main)
+
+    async def test_parallel_map_leaves_a_callers_channel_open(self, autojump_clock: trio.testing.MockClock) -> None:
+        """An async iterable that is not an async generator (a channel the caller owns) is not closed
+        when the batch stops early; only async generators are."""
+        send, receive = trio.open_memory_channel[int](10)
+        for i in range(5):
+            send.send_nowait(i)
+
+        async def fail_on_two(i: int) -> int:
+            if i == 2:
+                raise Boom(i)
+            return i
+
+        with pytest.raises(trioflow.BatchError):
+            await trioflow.parallel_map(fail_on_two, receive, max_concurrency=1)
+        assert await receive.receive() == 3  # still open, and the rest is still there

@@ -12,14 +12,19 @@ With no cap, one task is started per item, as a raw nursery would.  A shared
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+import sys
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Generic, Literal, TypeVar
 
 import trio
 
 from ._errors import BatchError, add_note
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["as_completed", "parallel_map"]
 
@@ -51,6 +56,28 @@ def check_limits(
         or math.isinf(max_per_second)
     ):
         raise ValueError(f"{owner}: max_per_second must be a finite number > 0 or None, not {max_per_second!r}")
+
+
+@contextmanager
+def bare_base_exception() -> Iterator[None]:
+    """Let a lone ``KeyboardInterrupt``-like ``BaseException`` out of the pool's nursery bare.
+
+    The pool catches every ``Exception`` of its items itself (into a
+    ``BatchError`` or a result slot), so what a worker can raise through the
+    nursery is ``trio.Cancelled`` or another ``BaseException``.  Trio wraps it
+    in a ``BaseExceptionGroup``; DESIGN.md promises such exceptions are never
+    wrapped, so a single one (beside the ``Cancelled`` of its siblings, which
+    it makes moot) is re-raised as it is.  Several at once stay a group.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        _, rest = group.split(trio.Cancelled)
+        if rest is not None and len(rest.exceptions) == 1:
+            (lone,) = rest.exceptions
+            if not isinstance(lone, (Exception, BaseExceptionGroup)):
+                raise lone from None
+        raise
 
 
 class _Rate:
@@ -276,20 +303,21 @@ class _Pool(Generic[T, R]):
     async def run(self) -> None:
         """Run every item; failures are left in ``self.failures``."""
         try:
-            async with trio.open_nursery() as nursery:
-                self._cancel_scope = nursery.cancel_scope
-                if self.max_concurrency is None:
-                    await self._spawn_all(nursery)
-                else:
-                    for _ in range(self.max_concurrency):
-                        nursery.start_soon(self._worker)
+            with bare_base_exception():
+                async with trio.open_nursery() as nursery:
+                    self._cancel_scope = nursery.cancel_scope
+                    if self.max_concurrency is None:
+                        await self._spawn_all(nursery)
+                    else:
+                        for _ in range(self.max_concurrency):
+                            nursery.start_soon(self._worker)
         finally:
             # An async generator left half-pulled (a failure, a cancel, an early
             # exit) is closed now, as ``aclosing`` would, not later by Trio's
             # garbage-collection hook, which warns and spawns a task for it.
-            aclose = getattr(self._async_it, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            # Other async iterables (a channel the caller owns) are left open.
+            if inspect.isasyncgen(self._async_it):
+                await self._async_it.aclose()
 
     def error(self) -> BatchError:
         """The ``BatchError`` for the failures so far, with what did complete."""
