@@ -404,6 +404,10 @@ async def as_completed(
             cancels the calls in flight and ends the iteration.  Results
             already received are not repeated in ``err.completed``.
 
+    The block's body runs inside the nursery that runs the calls, so, as with
+    any Trio nursery, an exception raised by the body comes out inside an
+    ``ExceptionGroup`` (catch it with ``except*``).
+
     Example::
 
         async with trioflow.as_completed(fetch, urls, max_concurrency=10) as results:
