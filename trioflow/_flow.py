@@ -91,6 +91,13 @@ class Flow(Node):
         action: str | None = None
         while current is not None:
             current.set_params(step_params)
+            # A checkpoint at every step: a full one for a node whose methods are
+            # all plain def (nothing else in the step yields, and a loop of them
+            # must not starve other tasks), else a cancel check (its async methods yield).
+            if current._has_async_method:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                await trio.lowlevel.checkpoint()
             action = await current._step(shared)
             successor = self.get_next_node(current, action)
             attached = _instrument.current()

@@ -10,7 +10,7 @@ import random
 import warnings
 from collections.abc import Awaitable
 from types import CoroutineType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import trio
@@ -146,6 +146,15 @@ class Node:
     params: dict[str, Any] = attrs.field(factory=dict)
     successors: dict[str, Node] = attrs.field(factory=dict, init=False, repr=False)
 
+    #: Whether this class's ``prep``, ``exec`` or ``post`` is ``async def`` (set per
+    #: class).  Such a method is trusted to yield, as Trio asks of every async
+    #: function, so a flow yields itself only at the steps of nodes that have none.
+    _has_async_method: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._has_async_method = any(inspect.iscoroutinefunction(getattr(cls, m)) for m in ("prep", "exec", "post"))
+
     # -- the user's methods ----------------------------------------------------
 
     def prep(self, shared: Any) -> Any:
@@ -220,13 +229,12 @@ class Node:
         """Run this node alone (its successors are not run) and return its action."""
         if self.successors:
             warnings.warn(f"{node_name(self)} won't run successors. Use Flow.", UserWarning, stacklevel=2)
+        # A public async API, so a full checkpoint whatever the node's methods do.
+        await trio.lowlevel.checkpoint()
         return await self._step(shared)
 
     async def _step(self, shared: Any) -> str | None:
-        """``_run`` with a checkpoint and the node events, as a flow runs each step."""
-        # A full checkpoint (not just checkpoint_if_cancelled): a flow of plain-def
-        # nodes that loops must still yield, so deadlines and other tasks can run.
-        await trio.lowlevel.checkpoint()
+        """``_run`` with the node events, as a flow runs each step (the caller checkpoints)."""
         attached = _instrument.current()
         if attached is None:
             return await self._run(shared)
