@@ -177,7 +177,9 @@ class Node:
 
     def set_params(self, params: dict[str, Any]) -> None:
         """Set the params this node runs with (a flow sets them on each step)."""
-        self.params = params
+        # ``params`` has no converter or validator: skip attrs' on-setattr hooks,
+        # which a flow would otherwise pay on every step.
+        object.__setattr__(self, "params", params)
 
     def next(self, node: N, action: str = "default") -> N:
         """Make ``node`` the successor for ``action``; return ``node`` so chains read left to right."""
