@@ -235,11 +235,18 @@ class Node:
         await trio.lowlevel.checkpoint()
         return await self._step(shared)
 
-    async def _step(self, shared: Any) -> str | None:
-        """``_run`` with the node events, as a flow runs each step (the caller checkpoints)."""
+    def _step(self, shared: Any) -> Awaitable[str | None]:
+        """``_run`` with the node events, as a flow runs each step (the caller checkpoints).
+
+        A plain function that returns the awaitable: with no instrument attached
+        (the fast path) a step costs no coroutine beyond ``_run``.
+        """
         attached = _instrument.current()
         if attached is None:
-            return await self._run(shared)
+            return self._run(shared)
+        return self._step_watched(attached, shared)
+
+    async def _step_watched(self, attached: _instrument._Attached, shared: Any) -> str | None:
         attached.emit("node_started", self)
         try:
             action = await self._run(shared)
