@@ -429,6 +429,50 @@ class TestCancellation:
         assert shared.get("n", 0) < limit
 
 
+    async def test_Flow_notices_a_cancel_at_each_step_of_async_nodes_that_never_yield(self) -> None:
+        """A cancel from inside a step stops the flow before the next step even if no async method awaited."""
+        scope = trio.CancelScope()
+
+        class Step(trioflow.Node):
+            async def exec(self, prep_res: Any) -> None:
+                return None
+
+            def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> None:
+                shared["log"].append(self.params["name"])
+                scope.cancel()
+
+        a = Step()
+        a >> Step()
+        shared: dict[str, Any] = {"log": []}
+        with scope:
+            await trioflow.Flow(start=a, params={"name": "a"}).run(shared)
+        assert scope.cancelled_caught
+        assert shared["log"] == ["a"]
+
+    async def test_BatchFlow_of_plain_def_nodes_yields_at_each_step(self) -> None:
+        """A BatchFlow of plain-def nodes lets another task run and cancel it before its param sets run out."""
+        limit = 1000
+
+        class Count(trioflow.Node):
+            def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> None:
+                shared["n"] = shared.get("n", 0) + 1
+
+        class Many(trioflow.BatchFlow):
+            def prep(self, shared: dict[str, Any]) -> list[dict[str, int]]:
+                return [{"i": i} for i in range(limit)]
+
+        shared: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_soon() -> None:
+                await trio.lowlevel.checkpoint()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(Many(start=Count()).run, shared)
+            nursery.start_soon(cancel_soon)
+        assert shared.get("n", 0) < limit
+
+
 class TestStart:
     async def test_Flow_start_sets_the_start_and_returns_it_for_wiring(self) -> None:
         """flow.start(a) >> b reads like PocketFlow's and runs a then b."""

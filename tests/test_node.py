@@ -160,6 +160,16 @@ class TestRun:
         with trio.testing.assert_checkpoints():
             await Echo().run({})
 
+    async def test_Node_run_is_a_checkpoint_even_if_its_async_methods_never_yield(self) -> None:
+        """run() is a full checkpoint for a node whose async exec returns without awaiting anything."""
+
+        class Quick(Echo):
+            async def exec(self, prep_res: Any) -> None:
+                return None
+
+        with trio.testing.assert_checkpoints():
+            await Quick().run({})
+
     def test_run_from_sync_code(self) -> None:
         """trioflow.run runs a flow from plain synchronous code and returns its last action."""
 

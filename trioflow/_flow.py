@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Mapping
 from typing import Any
 
 import attrs
@@ -91,6 +92,13 @@ class Flow(Node):
         action: str | None = None
         while current is not None:
             current.set_params(step_params)
+            # A checkpoint at every step: a full one for a node whose methods are
+            # all plain def (nothing else in the step yields, and a loop of them
+            # must not starve other tasks), else a cancel check (its async methods yield).
+            if current._has_async_method:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            else:
+                await trio.lowlevel.checkpoint()
             action = await current._step(shared)
             successor = self.get_next_node(current, action)
             attached = _instrument.current()
@@ -154,11 +162,20 @@ class BatchFlow(Flow):
             raise
         return check_action(self, await call(self.post, shared, prep_res, None))
 
-    async def _orch_item(self, shared: Any, index: int, param_set: Any) -> str | None:
-        """One run of the sub-flow, with the item events an instrument sees for a batch node's item."""
+    def _orch_item(self, shared: Any, index: int, param_set: Any) -> Awaitable[str | None]:
+        """One run of the sub-flow, with the item events an instrument sees for a batch node's item.
+
+        A plain function that returns the awaitable, as ``BatchNode._exec_item``:
+        with no instrument attached a run costs no coroutine beyond ``_orch``.
+        """
         attached = _instrument.current()
         if attached is None:
-            return await self._orch(shared, _params(self, param_set))
+            return self._orch(shared, _params(self, param_set))
+        return self._orch_item_watched(attached, shared, index, param_set)
+
+    async def _orch_item_watched(
+        self, attached: _instrument._Attached, shared: Any, index: int, param_set: Any
+    ) -> str | None:
         attached.emit("item_started", self, index)
         try:
             action = await self._orch(shared, _params(self, param_set))
@@ -191,9 +208,5 @@ class ParallelBatchFlow(BatchFlow):
         prep_res = await call(self.prep, shared)
         param_sets = check_items(self, prep_res)
         _instrument.batch_started(self, param_sets)
-
-        async def run_one(index: int, param_set: Any) -> str | None:
-            return await self._orch_item(shared, index, param_set)
-
-        await pool_for(self, run_one, param_sets).run_to_list()
+        await pool_for(self, functools.partial(self._orch_item, shared), param_sets).run_to_list()
         return check_action(self, await call(self.post, shared, prep_res, None))

@@ -10,7 +10,7 @@ import random
 import warnings
 from collections.abc import Awaitable
 from types import CoroutineType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import trio
@@ -146,6 +146,15 @@ class Node:
     params: dict[str, Any] = attrs.field(factory=dict)
     successors: dict[str, Node] = attrs.field(factory=dict, init=False, repr=False)
 
+    #: Whether this class's ``prep``, ``exec`` or ``post`` is ``async def`` (set per
+    #: class).  Such a method is trusted to yield, as Trio asks of every async
+    #: function, so a flow yields itself only at the steps of nodes that have none.
+    _has_async_method: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._has_async_method = any(inspect.iscoroutinefunction(getattr(cls, m)) for m in ("prep", "exec", "post"))
+
     # -- the user's methods ----------------------------------------------------
 
     def prep(self, shared: Any) -> Any:
@@ -168,7 +177,9 @@ class Node:
 
     def set_params(self, params: dict[str, Any]) -> None:
         """Set the params this node runs with (a flow sets them on each step)."""
-        self.params = params
+        # ``params`` has no converter or validator: skip attrs' on-setattr hooks,
+        # which a flow would otherwise pay on every step.
+        object.__setattr__(self, "params", params)
 
     def next(self, node: N, action: str = "default") -> N:
         """Make ``node`` the successor for ``action``; return ``node`` so chains read left to right."""
@@ -220,16 +231,22 @@ class Node:
         """Run this node alone (its successors are not run) and return its action."""
         if self.successors:
             warnings.warn(f"{node_name(self)} won't run successors. Use Flow.", UserWarning, stacklevel=2)
+        # A public async API, so a full checkpoint whatever the node's methods do.
+        await trio.lowlevel.checkpoint()
         return await self._step(shared)
 
-    async def _step(self, shared: Any) -> str | None:
-        """``_run`` with a checkpoint and the node events, as a flow runs each step."""
-        # A full checkpoint (not just checkpoint_if_cancelled): a flow of plain-def
-        # nodes that loops must still yield, so deadlines and other tasks can run.
-        await trio.lowlevel.checkpoint()
+    def _step(self, shared: Any) -> Awaitable[str | None]:
+        """``_run`` with the node events, as a flow runs each step (the caller checkpoints).
+
+        A plain function that returns the awaitable: with no instrument attached
+        (the fast path) a step costs no coroutine beyond ``_run``.
+        """
         attached = _instrument.current()
         if attached is None:
-            return await self._run(shared)
+            return self._run(shared)
+        return self._step_watched(attached, shared)
+
+    async def _step_watched(self, attached: _instrument._Attached, shared: Any) -> str | None:
         attached.emit("node_started", self)
         try:
             action = await self._run(shared)
