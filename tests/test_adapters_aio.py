@@ -22,19 +22,27 @@ from adapters.aio import AsyncioBatchNode, AsyncioNode, AsyncioParallelBatchNode
 
 
 class Double(pocketflow.AsyncNode):
-    """An asyncio node: reads shared["x"], sleeps on asyncio, doubles it."""
+    """An asyncio node: reads shared["x"], sleeps ``delay`` s on asyncio, doubles it."""
+
+    delay = 1.0
 
     async def prep_async(self, shared: dict[str, Any]) -> Any:
         return shared["x"]
 
     async def exec_async(self, x: int) -> int:
-        await asyncio.sleep(1)
+        await asyncio.sleep(self.delay)
         return 2 * x * int(self.params.get("factor", 1))
 
     async def post_async(self, shared: dict[str, Any], prep_res: Any, exec_res: int) -> str:
         shared["x"] = exec_res
         shared.setdefault("loops", []).append(asyncio.get_running_loop())
         return "doubled"
+
+
+class InstantDouble(Double):
+    """Double without the simulated latency, for tests on a real asyncio clock (no real sleeps)."""
+
+    delay = 0.0
 
 
 class Squares(pocketflow.AsyncParallelBatchNode):
@@ -278,7 +286,7 @@ def _plain_asyncio(coro: Any) -> Any:
 class TestRunFlow:
     def test_run_flow_from_asyncio_run_uses_the_callers_loop(self) -> None:
         """A trioflow flow awaited from asyncio code runs; its asyncio nodes run on the caller's loop."""
-        wrapped = AsyncioNode(Double())
+        wrapped = AsyncioNode(InstantDouble())
         wrapped - "doubled" >> Accumulate()
         flow = trioflow.Flow(start=wrapped)
 
