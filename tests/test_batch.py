@@ -390,3 +390,45 @@ class TestAsyncGeneratorPrep:
             await Runs(start=Fail()).run({})
         log.append("run returned")
         assert log == ["generator closed", "run returned"]
+
+
+class TestPlainExecYields:
+    """A batch whose ``exec`` is a plain ``def`` still yields once per item, so it shares the run and
+    a cancel from another task stops it (a plain exec cannot be interrupted, but the batch between
+    items can)."""
+
+    @pytest.mark.parametrize("kind", ["BatchNode", "ParallelBatchNode"])
+    @pytest.mark.parametrize("max_retries", [1, 2])
+    async def test_plain_exec_batch_is_cancelled_by_a_sibling(self, kind: str, max_retries: int) -> None:
+        """A sibling task that cancels after 10 items gets to run while the batch is going, and the
+        batch stops long before its 1,000 items, without calling post."""
+        done: list[int] = []
+        posted: list[bool] = []
+
+        class Plain(getattr(trioflow, kind)):  # type: ignore[misc]
+            def prep(self, shared: Any) -> range:
+                return range(1000)
+
+            def exec(self, item: int) -> int:
+                done.append(item)
+                return item
+
+            def post(self, shared: Any, prep_res: Any, exec_res: Any) -> None:
+                posted.append(True)
+
+        options: dict[str, Any] = {"max_retries": max_retries}
+        if kind == "ParallelBatchNode":
+            options["max_concurrency"] = 4
+
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_after_ten_items() -> None:
+                while len(done) < 10:
+                    await trio.lowlevel.checkpoint()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(Plain(**options).run, {})
+            nursery.start_soon(cancel_after_ten_items)
+
+        assert 10 <= len(done) < 100
+        assert posted == []

@@ -107,7 +107,9 @@ class Node:
     """One step: ``prep(shared) -> exec(prep_res) -> post(shared, prep_res, exec_res)``.
 
     Override any of the three (``async def`` or plain ``def``; a plain one runs
-    inline, so it must not block).  ``post`` returns the action that picks the
+    inline, so it must not block, and the engine yields to Trio after each
+    plain ``exec`` call, so a batch of plain items shares the run and stops
+    between items when cancelled).  ``post`` returns the action that picks the
     next node in a :class:`Flow` (None means ``"default"``).
 
     ``exec`` is retried on failure: ``max_retries`` counts attempts (1: no
@@ -304,6 +306,8 @@ class Node:
                     result = self.exec(prep_res)
                     if type(result) is CoroutineType or inspect.isawaitable(result):
                         result = await result
+                    else:  # a plain ``def exec``: yield, as an async one would
+                        await trio.lowlevel.checkpoint()
                     return result
                 with trio.fail_after(self.timeout):
                     return await call(self.exec, prep_res)
@@ -327,7 +331,13 @@ class Node:
 
 
 async def _ready(value: Any) -> Any:
-    """An awaitable of a plain ``def exec``'s result, for the no-policy path."""
+    """An awaitable of a plain ``def exec``'s result, for the no-policy path.
+
+    A full checkpoint first, as after every plain ``exec`` (see
+    :meth:`Node._exec_retrying`): a batch of plain-def items then yields once
+    per item, so it shares the run and a cancel stops it between items.
+    """
+    await trio.lowlevel.checkpoint()
     return value
 
 
