@@ -40,7 +40,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["scenario"] == "bridge":
         import trio
 
-        from . import bridge  # type: ignore[attr-defined]
+        from . import bridge
 
         trio.run(bridge.run_bridge, spec["n"])
         seconds = None
