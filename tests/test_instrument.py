@@ -10,6 +10,7 @@ import trio.testing
 from hypothesis import given
 
 import trioflow
+from tests.fakes import Planned
 from tests.strategies import caps, item_plans
 from trioflow import _instrument
 from trioflow._node import Node
@@ -47,24 +48,6 @@ class Recorder(trioflow.Instrument):
 
     def of_item(self, index: int) -> list[tuple[str, Any]]:
         return [(hook, detail) for hook, _, i, detail in self.events if i == index and hook != "node_finished"]
-
-
-class Planned(trioflow.ParallelBatchNode):
-    """Item ``i`` sleeps ``plans[i][0]`` seconds and fails its first ``plans[i][1]`` attempts."""
-
-    def prep(self, shared: dict[str, Any]) -> list[tuple[int, tuple[int, int]]]:
-        return list(enumerate(shared["plans"]))
-
-    async def exec(self, item: tuple[int, tuple[int, int]]) -> int:
-        index, (duration, failures) = item
-        await trio.sleep(duration)
-        if self.cur_retry < failures:
-            raise ValueError(index)
-        return index
-
-    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> str:
-        shared["results"] = exec_res
-        return "done"
 
 
 def run_instantly(fn: Any, *args: Any) -> Any:

@@ -13,21 +13,8 @@ import trio.testing
 from hypothesis import given
 
 import trioflow
+from tests.fakes import Planned
 from tests.strategies import caps, item_plans
-
-
-class Planned(trioflow.ParallelBatchNode):
-    """Item ``i`` sleeps ``plans[i][0]`` seconds and fails its first ``plans[i][1]`` attempts."""
-
-    def prep(self, shared: dict[str, Any]) -> list[tuple[int, tuple[int, int]]]:
-        return list(enumerate(shared["plans"]))
-
-    async def exec(self, item: tuple[int, tuple[int, int]]) -> int:
-        index, (duration, failures) = item
-        await trio.sleep(duration)
-        if self.cur_retry < failures:
-            raise ValueError(index)
-        return index
 
 
 class Flaky(trioflow.Node):
@@ -127,7 +114,7 @@ class TestTracer:
             0.0,
             5.5,
             "ok",
-            None,
+            "done",  # the flow's action is its last node's, Planned.post's "done"
         )
 
     async def test_Tracer_records_errors_and_cancellations(self, autojump_clock: trio.testing.MockClock) -> None:
