@@ -151,6 +151,10 @@ class _Pool(Generic[T, R]):
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
 
+    def _input_failed(self, exc: Exception) -> None:
+        """The input itself raised while pulled: the batch stops, whatever ``on_error`` says."""
+        self._fail(exc, f"raised while {self.name} pulled item {self.count} from its input")
+
     def _next_index(self) -> int:
         index = self.count
         self.count += 1
@@ -172,7 +176,7 @@ class _Pool(Generic[T, R]):
             self.stopped = True
             return None
         except Exception as exc:
-            self._fail(exc, f"raised while {self.name} pulled item {self.count} from its input")
+            self._input_failed(exc)
             return None
         return self._next_index(), item
 
@@ -188,7 +192,7 @@ class _Pool(Generic[T, R]):
                 self.stopped = True
                 return None
             except Exception as exc:
-                self._fail(exc, f"raised while {self.name} pulled item {self.count} from its input")
+                self._input_failed(exc)
                 return None
             return self._next_index(), item
 
@@ -258,7 +262,7 @@ class _Pool(Generic[T, R]):
                 self.stopped = True
                 return
             except Exception as exc:
-                self._fail(exc, f"raised while {self.name} pulled item {self.count} from its input")
+                self._input_failed(exc)
                 return
             index = self.count
             self.count = index + 1
