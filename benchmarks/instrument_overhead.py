@@ -6,9 +6,9 @@ Variants, run interleaved in a shuffled order each round, each a fresh
 ``trio.run`` of one ``ParallelBatchNode`` over ``range(items)`` with a cap of
 64 and a trivial ``exec``, so the per-item engine cost is all there is:
 
-- ``bare``: the node with the emit sites removed (``_exec`` without
-  ``batch_started``, ``_exec_item`` straight to the retry core) - the engine
-  without the layer;
+- ``bare``: the node with the emit sites removed (``_exec`` straight to the
+  pool, without ``batch_started`` or the runner's read of the attached
+  instruments) - the engine without the layer;
 - ``stock``: the shipped node, no instrument attached;
 - ``empty``: the shipped node inside ``trioflow.instrumented()`` of nothing;
 - ``noop``: one ``trioflow.Instrument()`` attached (every hook a no-op), for scale;
@@ -23,13 +23,15 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 import trioflow
 from trioflow._batch import check_items
+from trioflow._item import ItemRunner
+from trioflow._parallel import _Pool
 
 
 class Stock(trioflow.ParallelBatchNode):
@@ -45,14 +47,13 @@ class Bare(Stock):
     """The same node with the emit calls taken out of the per-batch and per-item paths."""
 
     async def _exec(self, prep_res: Any) -> list[Any]:
-        from trioflow._batch import pool_for
-
-        return await pool_for(self, self._exec_item, check_items(self, prep_res)).run_to_list()
-
-    def _exec_item(self, index: int, item: Any) -> Awaitable[Any]:
-        # As the shipped fast path, a plain function handing back the retry
-        # core's awaitable, minus the one context-variable read.
-        return self._exec_with_policy(item, index)
+        runner = ItemRunner(self, self.exec)
+        runner.attached = None  # as if the instruments were never read
+        pool: _Pool[Any, Any] = _Pool(
+            runner, check_items(self, prep_res), max_concurrency=self.max_concurrency, limiter=None,
+            max_per_second=None, name="Bare",
+        )
+        return await pool.run_to_list()
 
 
 def variant(node_cls: type[Stock], *instruments: Any, block: bool = False) -> Callable[[int], None]:

@@ -233,11 +233,15 @@ class TestBatchFlow:
         assert shared["log"] == [
             (what, p, float(i + (what == "end"))) for i, p in enumerate(param_sets) for what in ("start", "end")
         ]
-        assert shared["post"] is None
+        assert shared["post"] == [None] * len(param_sets)  # each run's last action
 
-    async def test_BatchFlow_post_gets_prep_result_and_None(self) -> None:
-        """BatchFlow.post receives (shared, prep_res, None), as in PocketFlow."""
-        sets = [{"x": 1}]
+    async def test_BatchFlow_post_gets_prep_result_and_each_runs_last_action(self) -> None:
+        """BatchFlow.post receives (shared, prep_res, [last action of each run]); its default returns None."""
+        sets = [{"x": 1}, {"x": 2}]
+
+        class Last(trioflow.Node):
+            def post(self, shared: Any, prep_res: Any, exec_res: Any) -> str:
+                return f"ran {self.params['x']}"
 
         class Check(trioflow.BatchFlow):
             def prep(self, shared: Any) -> list[dict[str, int]]:
@@ -247,9 +251,10 @@ class TestBatchFlow:
                 shared["post"] = (prep_res, exec_res)
 
         shared: dict[str, Any] = {}
-        await Check(start=trioflow.Node()).run(shared)
+        assert await Check(start=Last()).run(shared) is None
         assert shared["post"][0] is sets
-        assert shared["post"][1] is None
+        assert shared["post"][1] == ["ran 1", "ran 2"]
+        assert await trioflow.BatchFlow(start=Last()).run({}) is None
 
     async def test_BatchFlow_prep_None_runs_nothing(self) -> None:
         """A BatchFlow whose prep returns None (the default) runs no sub-flow and still posts."""

@@ -34,6 +34,9 @@ class Recorder(trioflow.Instrument):
     def item_started(self, node: Node, index: int) -> None:
         self.events.append(("item_started", node, index, None))
 
+    def attempt_started(self, node: Node, index: int | None, attempt: int) -> None:
+        self.events.append(("attempt_started", node, index, attempt))
+
     def item_finished(self, node: Node, index: int, error: BaseException | None) -> None:
         self.events.append(("item_finished", node, index, error))
 
@@ -78,7 +81,8 @@ class TestInstrumented:
         for index, (_, failures) in enumerate(plans):
             retries = min(failures, attempts - 1)
             events = recorder.of_item(index)
-            assert [hook for hook, _ in events] == ["item_started"] + ["retry_scheduled"] * retries + ["item_finished"]
+            per_retry = ["attempt_started", "retry_scheduled"] * retries
+            assert [hook for hook, _ in events] == ["item_started", *per_retry, "attempt_started", "item_finished"]
             assert [detail[0] for hook, detail in events if hook == "retry_scheduled"] == list(range(retries))
             error = events[-1][1]
             if failures >= attempts:
@@ -87,11 +91,17 @@ class TestInstrumented:
             else:
                 assert error is None
                 assert shared["results"][index] == index
+        # max_concurrency bounds attempts in flight; items in progress (running or waiting to
+        # retry) are bounded by max_pending, 4 x the cap by default
         running = peak = 0
+        in_progress = peak_in_progress = 0
         for hook in hooks:
-            running += {"item_started": 1, "item_finished": -1}.get(hook, 0)
+            running += {"attempt_started": 1, "retry_scheduled": -1, "item_finished": -1}.get(hook, 0)
+            in_progress += {"item_started": 1, "item_finished": -1}.get(hook, 0)
             peak = max(peak, running)
+            peak_in_progress = max(peak_in_progress, in_progress)
         assert peak <= (cap or len(plans))
+        assert peak_in_progress <= (4 * cap if cap else len(plans))
 
     async def test_instrumented_items_interleave_across_workers(self, autojump_clock: trio.testing.MockClock) -> None:
         """Instruments follow the run into the worker tasks: three items all start before any finishes."""

@@ -121,7 +121,7 @@ class TestMethodStyles:
             assert shared["flow_post"] == (param_sets, "stepped")
         else:
             assert sorted(shared["out"]) == [2, 4]
-            assert shared["flow_post"] == (param_sets, None)
+            assert shared["flow_post"] == (param_sets, ["stepped", "stepped"])  # each run's last action
 
 
 # -- run() --------------------------------------------------------------------------------

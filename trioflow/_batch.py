@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -12,36 +11,116 @@ import trio
 
 from . import _instrument
 from ._errors import add_note
+from ._item import Admission, Hold, ItemRunner
 from ._node import Node, node_name
-from ._parallel import OnError, _Pool, check_limits
+from ._parallel import OnError, _Pool, check_limits, input_note
 
 __all__ = ["BatchNode", "ParallelBatchNode"]
 
 T = TypeVar("T")
 
 
-@asynccontextmanager
-async def closing_async_gen(items: AsyncIterable[T]) -> AsyncIterator[AsyncIterable[T]]:
-    """``aclosing`` for an async generator, so a batch that stops early (an error, a
-    cancel) runs its ``finally`` now rather than at garbage collection (Trio then warns).
-    Other async iterables (a channel the caller owns, say) are left open."""
-    gen: Any = items
-    if not inspect.isasyncgen(gen):
-        yield items
-        return
-    async with aclosing(gen):
-        yield items
-
-
 def check_items(node: Node, items: Any, what: str = "prep") -> Iterable[Any] | AsyncIterable[Any]:
-    """``prep``'s result as an iterable; None means no items (PocketFlow's habit)."""
+    """``prep``'s result as an iterable of items; None means no items (PocketFlow's habit).
+
+    A ``str``, ``bytes`` or a ``dict`` is refused, though Python iterates them:
+    it is almost always one item returned where a list of items was meant.
+    """
     if items is None:
         return ()
+    if isinstance(items, (str, bytes, bytearray, Mapping)):
+        hint = (
+            "wrap a single item in a list ([item])"
+            if not isinstance(items, Mapping)
+            else "return a list of dicts ([{...}, ...]), or list(d.items()) to go over its pairs"
+        )
+        raise TypeError(
+            f"{node_name(node)}.{what} returned {type(items).__name__} {items!r:.60}, which a batch "
+            f"would iterate item by item ({'keys' if isinstance(items, Mapping) else 'characters'}): "
+            f"a batch {what} must return a list, a generator or an async iterator of items; {hint}"
+        )
     if isinstance(items, (Iterable, AsyncIterable)):
         return items
     raise TypeError(
         f"{node_name(node)}.{what} returned {type(items).__name__} {items!r:.60}, which is not "
-        "iterable: a batch prep must return a list, a generator or an async iterator"
+        f"iterable: a batch {what} must return a list, a generator or an async iterator"
+    )
+
+
+async def run_sequential(node: Node, runner: ItemRunner, items: Iterable[Any] | AsyncIterable[Any]) -> list[Any]:
+    """Run ``runner`` over ``items`` one after another (``BatchNode``, ``BatchFlow``).
+
+    A failure propagates as it is, with a note naming the item; a generator
+    input left half-pulled is closed before this returns.
+    """
+    _instrument.batch_started(node, items)
+    results: list[Any] = []
+    admission = runner.admission
+    record = _appender(results)
+    name = node_name(node)
+    index = 0
+    try:
+        if isinstance(items, AsyncIterable):
+            async_iterator = aiter(items)
+            while True:
+                try:
+                    item = await anext(async_iterator)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    add_note(exc, input_note(name, index))
+                    raise
+                await _run_one(runner, index, item, admission, record, name)
+                index += 1
+        else:
+            iterator = iter(items)
+            while True:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    add_note(exc, input_note(name, index))
+                    raise
+                await trio.lowlevel.checkpoint_if_cancelled()
+                await _run_one(runner, index, item, admission, record, name)
+                index += 1
+    finally:
+        # A generator left half-pulled (a failure, a cancel) runs its ``finally`` now.
+        if inspect.isasyncgen(items):
+            await items.aclose()
+        elif inspect.isgenerator(items):
+            items.close()
+    return results
+
+
+def _appender(results: list[Any]) -> Any:
+    def record(index: int, value: Any) -> None:
+        results.append(value)
+
+    return record
+
+
+async def _run_one(
+    runner: ItemRunner, index: int, item: Any, admission: Admission | None, record: Any, name: str
+) -> None:
+    hold = Hold()
+    try:
+        await runner.run(index, item, hold, record)
+    except Exception as exc:
+        add_note(exc, f"raised by {runner.noun} {index} of {name}")
+        raise
+    finally:
+        if admission is not None:
+            admission.exit(hold)
+
+
+def runner_for(node: Any, call: Any, *, with_index: bool = False) -> ItemRunner:
+    """The item runner of one batch of ``node``: its throttle (sequential kinds; the pool adds
+    the rest of the admission), its executor, the instruments attached now."""
+    throttle = getattr(node, "throttle", None)
+    return ItemRunner(
+        node, call, admission=Admission(throttle=throttle) if throttle is not None else None, with_index=with_index
     )
 
 
@@ -69,42 +148,7 @@ class BatchNode(Node):
 
     async def _exec(self, prep_res: Any) -> list[Any]:
         items = check_items(self, prep_res)
-        _instrument.batch_started(self, items)
-        results: list[Any] = []
-        try:
-            if isinstance(items, AsyncIterable):
-                async with closing_async_gen(items) as async_items:
-                    async for item in async_items:
-                        results.append(await self._exec_item(len(results), item))
-            else:
-                for item in items:
-                    await trio.lowlevel.checkpoint_if_cancelled()
-                    results.append(await self._exec_item(len(results), item))
-        except Exception as exc:
-            add_note(exc, f"raised by item {len(results)} of {node_name(self)}")
-            raise
-        return results
-
-    def _exec_item(self, index: int, item: Any) -> Awaitable[Any]:
-        """One item under the retry policy, with item events; the same for both batch kinds.
-
-        A plain function that returns the awaitable: with no instrument attached
-        (the fast path) an item costs no coroutine beyond the retry core's.
-        """
-        attached = _instrument.current()
-        if attached is None:
-            return self._exec_with_policy(item, index)
-        return self._exec_item_watched(attached, index, item)
-
-    async def _exec_item_watched(self, attached: _instrument._Attached, index: int, item: Any) -> Any:
-        attached.emit("item_started", self, index)
-        try:
-            result = await self._exec_with_policy(item, index)
-        except BaseException as exc:
-            attached.emit("item_finished", self, index, exc)
-            raise
-        attached.emit("item_finished", self, index, None)
-        return result
+        return await run_sequential(self, runner_for(self, self.exec), items)
 
 
 @attrs.define(slots=False, eq=False, kw_only=True)
@@ -144,35 +188,44 @@ class ParallelBatchNode(BatchNode):
     limiter: trio.CapacityLimiter | None = None
     max_per_second: float | None = None
     on_error: OnError = attrs.field(default="raise")
+    max_pending: int | None = None
 
     def __attrs_post_init__(self) -> None:
         check_parallel_options(self)
 
     async def _exec(self, prep_res: Any) -> list[Any]:
         items = check_items(self, prep_res)
-        _instrument.batch_started(self, items)
-        return await pool_for(self, self._exec_item, items).run_to_list()
+        return await run_parallel(self, runner_for(self, self.exec), items)
 
 
-def pool_for(
-    node: Any, job: Callable[[int, Any], Awaitable[Any]], items: Iterable[Any] | AsyncIterable[Any]
-) -> _Pool[Any, Any]:
-    """The pool for a parallel node or flow, from its options (checked again here,
-    since a plain subclass may set them after ``__init__``)."""
+async def run_parallel(node: Any, runner: ItemRunner, items: Iterable[Any] | AsyncIterable[Any]) -> list[Any]:
+    """Run ``runner`` over ``items`` in the pool, with ``node``'s options (``ParallelBatchNode``,
+    ``ParallelBatchFlow``); the options are checked again here, since a plain subclass may
+    set them after ``__init__``."""
     check_parallel_options(node)
-    return _Pool(
-        job,
+    _instrument.batch_started(node, items)
+    pool: _Pool[Any, Any] = _Pool(
+        runner,
         items,
         max_concurrency=node.max_concurrency,
         limiter=node.limiter,
         max_per_second=node.max_per_second,
         on_error=node.on_error,
         name=node_name(node),
+        max_pending=node.max_pending,
     )
+    return await pool.run_to_list()
 
 
 def check_parallel_options(node: Any) -> None:
-    """Raise a clear error, naming the node, for a bad cap, limiter, rate or on_error."""
-    check_limits(node.max_concurrency, node.limiter, node.max_per_second, owner=node_name(node))
+    """Raise a clear error, naming the node, for a bad cap, limiter, rate, max_pending or on_error."""
+    check_limits(
+        node.max_concurrency,
+        node.limiter,
+        node.max_per_second,
+        owner=node_name(node),
+        max_pending=node.max_pending,
+        throttle=getattr(node, "throttle", None),
+    )
     if node.on_error not in ("raise", "collect"):
         raise ValueError(f"{node_name(node)}.on_error must be 'raise' or 'collect', not {node.on_error!r}")

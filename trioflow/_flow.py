@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import functools
 import warnings
-from collections.abc import AsyncIterable, Awaitable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import trio
 
 from . import _instrument
-from ._batch import check_items, check_parallel_options, closing_async_gen, pool_for
-from ._errors import add_note
+from ._batch import check_items, check_parallel_options, run_parallel, run_sequential, runner_for
+from ._mermaid import graph_ids
 from ._node import Node, call, check_action, node_name
 from ._parallel import OnError
 
 __all__ = ["BatchFlow", "Flow", "ParallelBatchFlow"]
+
+#: The flows running on the current path (their wired identities), to catch a flow inside itself.
+_running: contextvars.ContextVar[tuple[object, ...]] = contextvars.ContextVar("trioflow_running", default=())
+
+#: The node policy fields a flow does not apply, with their defaults.
+_NODE_ONLY = {"max_retries": 1, "wait": 0.0, "backoff": 1.0, "jitter": 0.0, "timeout": None, "executor": None}
+
+
+def check_flow_options(flow: Node) -> None:
+    """Refuse, naming the flow, the node policy fields that a flow would silently ignore."""
+    for name, default in _NODE_ONLY.items():
+        if getattr(flow, name) != default:
+            raise ValueError(
+                f"{node_name(flow)}.{name}={getattr(flow, name)!r}: a flow does not retry, time out or "
+                "ship its run; set the policy on its nodes (or wrap the run in trio.fail_after for a "
+                "deadline on the whole flow)"
+            )
+    if flow.retry_on != (Exception,):
+        raise ValueError(f"{node_name(flow)}.retry_on: a flow does not retry its run; set retry_on on its nodes")
+    if flow.throttle is not None and not isinstance(flow, BatchFlow):
+        raise ValueError(
+            f"{node_name(flow)}.throttle: a plain Flow has no attempts to admit; give the throttle to its "
+            "nodes (a batch flow takes one: each run of its sub-flow passes through it)"
+        )
 
 
 @attrs.define(slots=False, eq=False, kw_only=True)
@@ -39,6 +64,11 @@ class Flow(Node):
     """
 
     start_node: Node | None = attrs.field(default=None, alias="start", kw_only=False)
+    #: The wired flow's identity, shared by the copies a parent flow runs (to catch a cycle).
+    _identity: object = attrs.field(factory=object, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        check_flow_options(self)
 
     def start(self, start: Node) -> Node:
         """Set the first node; return it so wiring can go on from it."""
@@ -88,9 +118,13 @@ class Flow(Node):
         if not isinstance(self.start_node, Node):
             raise TypeError(f"{node_name(self)}: the start must be a trioflow Node, not {self.start_node!r}")
         step_params = params if params is not None else dict(self.params)
-        current: Node | None = copy.copy(self.start_node)
+        # The place of each step in the graph, for instruments (see ``current_place``).
+        ids = graph_ids(self) if _instrument.current() is not None else None
+        base = (_instrument.current_place() or (node_name(self),)) if ids is not None else ()
+        wired: Node | None = self.start_node
         action: str | None = None
-        while current is not None:
+        while wired is not None:
+            current = copy.copy(wired)
             current.set_params(step_params)
             # A checkpoint at every step: a full one for a node whose methods are
             # all plain def (nothing else in the step yields, and a loop of them
@@ -99,15 +133,36 @@ class Flow(Node):
                 await trio.lowlevel.checkpoint_if_cancelled()
             else:
                 await trio.lowlevel.checkpoint()
-            action = await current._step(shared)
+            if ids is None:
+                action = await current._step(shared)
+            else:
+                token = _instrument._place.set((*base, ids.get(id(wired), node_name(wired))))
+                try:
+                    action = await current._step(shared)
+                finally:
+                    _instrument._place.reset(token)
             successor = self.get_next_node(current, action)
             attached = _instrument.current()
             if attached is not None:
                 attached.emit("flow_step", self, current, action, successor)
-            current = copy.copy(successor)
+            wired = successor
         return action
 
     async def _run(self, shared: Any) -> str | None:
+        running = _running.get()
+        if self._identity in running:
+            raise ValueError(
+                f"{node_name(self)} contains itself (it is one of its own steps, or a step of a flow "
+                "inside it): a flow cannot run inside itself; to repeat steps, wire a loop edge "
+                "(node - 'again' >> earlier_node)"
+            )
+        token = _running.set((*running, self._identity))
+        try:
+            return await self._run_flow(shared)
+        finally:
+            _running.reset(token)
+
+    async def _run_flow(self, shared: Any) -> str | None:
         prep_res = await call(self.prep, shared)
         result = await self._orch(shared)
         return check_action(self, await call(self.post, shared, prep_res, result))
@@ -130,7 +185,9 @@ class BatchFlow(Flow):
     """Runs the sub-flow once per param dict that ``prep`` returns, in order.
 
     Each run gets params ``{**self.params, **d}``.  ``post`` gets
-    ``(shared, prep_res, None)``.
+    ``(shared, prep_res, exec_res)`` where ``exec_res`` is the list of each
+    run's last action, in input order.  A failing run propagates as it is, with
+    a note naming the run's index.
 
     Example (PocketFlow's image x filter grid)::
 
@@ -141,49 +198,36 @@ class BatchFlow(Flow):
         await ImageGrid(start=load >> apply_filter >> save).run(shared)
     """
 
-    async def _run(self, shared: Any) -> str | None:
+    async def _run_flow(self, shared: Any) -> str | None:
         prep_res = await call(self.prep, shared)
         param_sets = check_items(self, prep_res)
-        _instrument.batch_started(self, param_sets)
-        index = 0
+        runner = runner_for(self, functools.partial(self._sub_run, shared), with_index=True)
+        results = await self._run_all(runner, param_sets)
+        return check_action(self, await call(self.post, shared, prep_res, results))
+
+    async def _run_all(self, runner: Any, param_sets: Any) -> list[Any]:
+        return await run_sequential(self, runner, param_sets)
+
+    def post(self, shared: Any, prep_res: Any, exec_res: Any) -> Any:
+        """Return None (the ``"default"`` action), as PocketFlow's batch flows do."""
+        return None
+
+    async def _sub_run(self, shared: Any, index: int, param_set: Any) -> str | None:
+        """One run of the sub-flow, with params ``{**self.params, **param_set}``."""
+        if not isinstance(param_set, Mapping):
+            raise TypeError(
+                f"{node_name(self)}.prep must yield param dicts (one per run of the sub-flow), "
+                f"not {type(param_set).__name__} {param_set!r:.60}"
+            )
+        params = {**self.params, **param_set}
+        if _instrument.current() is None:
+            return await self._orch(shared, params)
+        place = _instrument.current_place() or (node_name(self),)
+        token = _instrument._place.set((*place, f"[{index}]"))
         try:
-            if isinstance(param_sets, AsyncIterable):
-                async with closing_async_gen(param_sets) as async_param_sets:
-                    async for param_set in async_param_sets:
-                        await self._orch_item(shared, index, param_set)
-                        index += 1
-            else:
-                for param_set in param_sets:
-                    await trio.lowlevel.checkpoint_if_cancelled()
-                    await self._orch_item(shared, index, param_set)
-                    index += 1
-        except Exception as exc:
-            add_note(exc, f"raised by param set {index} of {node_name(self)}")
-            raise
-        return check_action(self, await call(self.post, shared, prep_res, None))
-
-    def _orch_item(self, shared: Any, index: int, param_set: Any) -> Awaitable[str | None]:
-        """One run of the sub-flow, with the item events an instrument sees for a batch node's item.
-
-        A plain function that returns the awaitable, as ``BatchNode._exec_item``:
-        with no instrument attached a run costs no coroutine beyond ``_orch``.
-        """
-        attached = _instrument.current()
-        if attached is None:
-            return self._orch(shared, _params(self, param_set))
-        return self._orch_item_watched(attached, shared, index, param_set)
-
-    async def _orch_item_watched(
-        self, attached: _instrument._Attached, shared: Any, index: int, param_set: Any
-    ) -> str | None:
-        attached.emit("item_started", self, index)
-        try:
-            action = await self._orch(shared, _params(self, param_set))
-        except BaseException as exc:
-            attached.emit("item_finished", self, index, exc)
-            raise
-        attached.emit("item_finished", self, index, None)
-        return action
+            return await self._orch(shared, params)
+        finally:
+            _instrument._place.reset(token)
 
 
 @attrs.define(slots=False, eq=False, kw_only=True)
@@ -192,21 +236,22 @@ class ParallelBatchFlow(BatchFlow):
 
     Each run has its own node copies and params.  The options are those of
     :class:`ParallelBatchNode`: ``max_concurrency``, ``limiter``,
-    ``max_per_second`` and ``on_error`` (a failed run raises
-    :class:`BatchError` and cancels the others; ``post`` is not called).
+    ``max_per_second``, ``throttle``, ``max_pending`` and ``on_error``.  With
+    ``on_error="raise"`` a failed run raises :class:`BatchError` and cancels
+    the others (``post`` is not called); with ``"collect"`` the other runs go
+    on and ``post``'s ``exec_res`` has the failed run's exception object in its
+    slot, beside the other runs' last actions, so a failure never vanishes.
     """
 
     max_concurrency: int | None = None
     limiter: trio.CapacityLimiter | None = None
     max_per_second: float | None = None
     on_error: OnError = "raise"
+    max_pending: int | None = None
 
     def __attrs_post_init__(self) -> None:
+        check_flow_options(self)
         check_parallel_options(self)
 
-    async def _run(self, shared: Any) -> str | None:
-        prep_res = await call(self.prep, shared)
-        param_sets = check_items(self, prep_res)
-        _instrument.batch_started(self, param_sets)
-        await pool_for(self, functools.partial(self._orch_item, shared), param_sets).run_to_list()
-        return check_action(self, await call(self.post, shared, prep_res, None))
+    async def _run_all(self, runner: Any, param_sets: Any) -> list[Any]:
+        return await run_parallel(self, runner, param_sets)

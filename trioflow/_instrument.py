@@ -22,6 +22,7 @@ instrument attached that read is all it does.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import warnings
 from collections.abc import Iterator, Sized
 from contextlib import contextmanager
@@ -48,8 +49,10 @@ class Instrument:
 
     Per node the events come in this order: ``node_started``, then for a
     batch node (or batch flow) ``batch_started``, then per item
-    ``item_started``, ``retry_scheduled`` once per failed attempt that will be
-    retried, ``item_finished``; last ``node_finished``.  Items of a parallel
+    ``item_started``, then per attempt ``attempt_started`` and, for a failed
+    attempt that will be retried, ``retry_scheduled`` (or ``throttled`` for an
+    attempt the provider throttled), then ``item_finished``; last
+    ``node_finished``.  A plain node's ``exec`` attempts have ``index`` None.  Items of a parallel
     batch interleave, but each item's own events keep that order.  A flow
     emits ``flow_step`` after each of its steps' ``node_finished``.
 
@@ -81,9 +84,17 @@ class Instrument:
     def item_started(self, node: Node, index: int) -> None:
         """Item ``index`` of a batch node (or param set of a batch flow) starts its first attempt."""
 
-    def item_finished(self, node: Node, index: int, error: BaseException | None) -> None:
+    def attempt_started(self, node: Node, index: int | None, attempt: int) -> None:
+        """Attempt ``attempt`` (0-based) of item ``index`` (None: a plain node's ``exec``) was
+        admitted (its cap, limiter, rate and Throttle let it start) and starts now."""
+
+    def item_finished(self, node: Node, index: int, error: BaseException | None, value: Any = None) -> None:
         """Item ``index`` finished: ``error`` is None on success (a fallback's value counts as
-        success), the exception otherwise (``trio.Cancelled`` when it was cancelled)."""
+        success) and ``value`` is its result; otherwise ``error`` is the exception
+        (``trio.Cancelled`` when it was cancelled) and ``value`` is None.
+
+        An instrument written for the three-argument form ``item_finished(node, index,
+        error)`` still works: it is called without ``value``."""
 
     def retry_scheduled(
         self, node: Node, index: int | None, attempt: int, delay: float, error: Exception
@@ -91,25 +102,92 @@ class Instrument:
         """Attempt ``attempt`` (0-based) of item ``index`` (None: a plain node's ``exec``)
         failed with ``error``; the next attempt starts after ``delay`` seconds."""
 
+    def throttled(self, node: Node, index: int | None, delay: float, error: Exception) -> None:
+        """An attempt of item ``index`` was throttled by the provider (``error``, a 429 say):
+        it does not count as a retry; every user of the :class:`Throttle` pauses for
+        ``delay`` seconds, then the attempt is made again."""
+
+    def rate_changed(self, throttle: Any, rate: float) -> None:
+        """An adaptive :class:`Throttle` moved its rate to ``rate`` attempts per second."""
+
     def flow_step(self, flow: Node, node: Node, action: str | None, successor: Node | None) -> None:
         """``node`` in ``flow`` returned ``action``, which leads to ``successor`` (None: the end)."""
 
 
-class _Attached:
-    """The instruments of one ``instrumented`` block; shared by all its tasks."""
+#: The hooks an instrument may have, in the order of :class:`Instrument`.
+HOOKS = (
+    "node_started",
+    "node_finished",
+    "batch_started",
+    "item_started",
+    "attempt_started",
+    "item_finished",
+    "retry_scheduled",
+    "throttled",
+    "rate_changed",
+    "flow_step",
+)
 
-    __slots__ = ("instruments", "outer")
+
+def _takes_value(method: Any) -> bool:
+    """Whether an ``item_finished`` hook accepts the fourth argument, ``value``."""
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):  # a builtin or an odd callable: assume the current form
+        return True
+    positional = 0
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return True
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 4
+
+
+def _hooks_of(instrument: Any) -> dict[str, Any]:
+    """The hook methods of ``instrument``, checked once when it is attached.
+
+    Raises:
+        TypeError: a hook is ``async def`` (hooks are called inline and never awaited).
+    """
+    found: dict[str, Any] = {}
+    for hook in HOOKS:
+        method = getattr(instrument, hook, None)
+        if method is None:
+            continue
+        if inspect.iscoroutinefunction(method):
+            raise TypeError(
+                f"instrument {type(instrument).__name__}.{hook} is async def: instrument hooks are "
+                "plain methods called inline where the event happens (they are never awaited); "
+                "make it a plain def, and hand slow work to a task or a memory channel"
+            )
+        if hook == "item_finished" and not _takes_value(method):
+            three = method
+            method = lambda node, index, error, value, _three=three: _three(node, index, error)  # noqa: E731
+        found[hook] = method
+    return found
+
+
+class _Attached:
+    """The instruments of one ``instrumented`` block and their hooks; shared by all its tasks.
+
+    The hook methods are looked up once, when the block is entered, so an event
+    costs one dict lookup and the calls themselves.
+    """
+
+    __slots__ = ("hooks", "instruments", "outer")
 
     def __init__(self, instruments: list[Any], outer: _Attached | None) -> None:
         self.instruments = instruments
         self.outer = outer
+        self.hooks: dict[str, list[tuple[Any, Any]]] = {}
+        for instrument in instruments:
+            for hook, method in _hooks_of(instrument).items():
+                self.hooks.setdefault(hook, []).append((instrument, method))
 
     def emit(self, hook: str, *args: Any) -> None:
         """Call ``hook(*args)`` on every instrument that has it; detach one that raises."""
-        for instrument in tuple(self.instruments):
-            method = getattr(instrument, hook, None)
-            if method is None:
-                continue
+        for instrument, method in self.hooks.get(hook, ()):
             try:
                 method(*args)
             except Exception as exc:
@@ -125,6 +203,8 @@ class _Attached:
         while attached is not None:
             # identity, not ==: an instrument may define __eq__ (or be an unhashable attrs class)
             attached.instruments[:] = [i for i in attached.instruments if i is not instrument]
+            for hook, methods in attached.hooks.items():
+                attached.hooks[hook] = [(i, m) for i, m in methods if i is not instrument]
             attached = attached.outer
 
 
@@ -134,6 +214,22 @@ _current: contextvars.ContextVar[_Attached | None] = contextvars.ContextVar(
 
 #: The instruments attached to the running code, or None (the fast path).
 current = _current.get
+
+_place: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("trioflow_place", default=())
+
+
+def current_place() -> tuple[str, ...]:
+    """Where in the graph the running code is, for an instrument's hook to name what it sees.
+
+    A tuple of segments from the outermost flow inwards: the flow's class name,
+    then per flow level the node's id in that flow's graph (``"Load_1"``: class
+    name and a number, counted breadth-first from the start in wiring order, as
+    :meth:`Flow.to_mermaid` numbers its boxes), and ``"[i]"`` for run ``i`` of a
+    batch flow's sub-flow.  For example ``("Pipeline", "Grid_1", "[3]", "Blur_1")``.
+    Empty outside a flow.  Flows keep it only while an instrument is attached
+    (it costs a context variable per step), so read it from a hook.
+    """
+    return _place.get()
 
 
 def batch_started(node: Node, items: object) -> None:
@@ -159,7 +255,11 @@ def instrumented(*instruments: Any) -> Iterator[None]:
     instrument at all, the block changes nothing (and costs nothing).
 
     A hook that raises an ``Exception`` is detached with an
-    :class:`InstrumentWarning`; the run goes on.
+    :class:`InstrumentWarning`; the run goes on.  An instrument given twice (here
+    or by an outer block) is attached once.
+
+    Raises:
+        TypeError: a hook of an instrument is ``async def``.
 
     Example::
 
@@ -169,10 +269,17 @@ def instrumented(*instruments: Any) -> Iterator[None]:
         tracer.write_chrome_trace("run.json")
     """
     outer = _current.get()
-    if not instruments:
+    already = outer.instruments if outer is not None else []
+    # An instrument already attached by an outer block is attached once, not twice
+    # (its hooks would fire twice: a progress bar would count each item two times).
+    new: list[Any] = []
+    for instrument in instruments:
+        if not any(instrument is i for i in (*already, *new)):
+            new.append(instrument)
+    if not new:
         yield
         return
-    attached = _Attached([*(outer.instruments if outer else ()), *instruments], outer)
+    attached = _Attached([*already, *new], outer)
     token = _current.set(attached)
     try:
         yield

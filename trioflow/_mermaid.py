@@ -81,6 +81,23 @@ class _Writer:
                 queue.append(successor)
 
 
+def graph_ids(flow: Node) -> dict[int, str]:
+    """``id(node) -> "Name_k"`` for the nodes of ``flow``'s own graph (not inside nested flows),
+    numbered per class breadth-first from the start, successors in wiring order."""
+    from ._flow import Flow
+
+    assert isinstance(flow, Flow)
+    writer = _Writer()
+    queue: deque[Node] = deque([flow.start_node] if flow.start_node is not None else [])
+    while queue:
+        node = queue.popleft()
+        if id(node) in writer.ids:
+            continue
+        writer.ident(node)
+        queue.extend(node.successors.values())
+    return writer.ids
+
+
 def to_mermaid(flow: Node, direction: str = "TD") -> str:
     """The graph under ``flow`` as Mermaid flowchart source; see ``Flow.to_mermaid``."""
     from ._flow import Flow

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 import math
-import random
 import warnings
-from collections.abc import Awaitable
-from types import CoroutineType
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import attrs
 import trio
 
 from . import _instrument
+from ._item import Admission, Hold, ItemRunner, attempt_var, attempts, has_policy
 
 __all__ = ["Node"]
 
 N = TypeVar("N", bound="Node")
 
-# The 0-based attempt of the exec call running in this task.  A context
-# variable, so every item of a parallel batch sees its own attempt.
-_attempt: contextvars.ContextVar[int] = contextvars.ContextVar("trioflow_attempt", default=0)
+# The attempt number lives in ``_item`` with the retry core; the adapters read it here.
+_attempt = attempt_var
 
 
 # What plain ``prep``/``post`` methods mostly return; never awaitable, so
@@ -77,19 +74,72 @@ def _check_backoff(instance: Any, attribute: attrs.Attribute[Any], value: Any) -
         raise ValueError(f"{type(instance).__name__}.backoff must be a finite number > 0, not {value!r}")
 
 
-def _to_exception_types(value: Any) -> tuple[type[Exception], ...]:
+def _to_exception_types(value: Any) -> Any:
     if isinstance(value, type):
-        value = (value,)
-    return tuple(value)
+        return (value,)
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return tuple(value)
+    return value  # left for the validator to name
 
 
-def _check_retry_on(instance: Any, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
+def _check_retry_on(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    expected = (
+        "an Exception subclass or a tuple of them, e.g. retry_on=(TimeoutError, ConnectionError)"
+    )
+    if not isinstance(value, tuple):
+        raise TypeError(f"{type(instance).__name__}.retry_on must be {expected}, not {value!r}")
     for exc_type in value:
         if not (isinstance(exc_type, type) and issubclass(exc_type, Exception)):
             raise TypeError(
-                f"{type(instance).__name__}.retry_on takes Exception subclasses only, not {exc_type!r}: "
+                f"{type(instance).__name__}.retry_on must be {expected}; {exc_type!r} is not: "
                 "trio.Cancelled and other BaseExceptions are never retried"
             )
+
+
+def check_params(owner: object, params: Any) -> None:
+    """Raise a clear error, naming the node, for ``params`` that are not a dict."""
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"{node_name(owner)}.params must be a dict of param names to values, not "
+            f"{type(params).__name__} {params!r:.60}"
+        )
+
+
+def _check_params(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_params(instance, value)
+
+
+def _check_throttle(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not (callable(getattr(value, "acquire", None)) and hasattr(value, "release")):
+        raise TypeError(f"{type(instance).__name__}.throttle must be a trioflow.Throttle or None, not {value!r}")
+
+
+def check_executor(owner: str, executor: Any, fn: Callable[..., Any]) -> None:
+    """Raise a clear error, naming ``owner``, for an executor that cannot run ``fn``."""
+    if executor is None:
+        return
+    if not callable(getattr(executor, "bind", None)):
+        raise TypeError(
+            f"{owner}.executor must be a trioflow.executors executor (Inline, Threads, Processes, Dask) "
+            f"or None, not {executor!r}"
+        )
+    if not getattr(executor, "inline", False) and inspect.iscoroutinefunction(fn):
+        raise TypeError(
+            f"{owner}: exec is async def, so it runs in the Trio task; executor={type(executor).__name__}(...) "
+            "runs only a plain def exec (for blocking or CPU-bound work): make exec a plain def, "
+            "or drop the executor"
+        )
+
+
+def _check_executor(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_executor(type(instance).__name__, value, type(instance).exec)
+
+
+def _check_max_throttle_wait(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(
+            f"{type(instance).__name__}.max_throttle_wait must be a number of seconds >= 0, not {value!r}"
+        )
 
 
 def node_name(node: object) -> str:
@@ -145,7 +195,19 @@ class Node:
     retry_on: tuple[type[Exception], ...] = attrs.field(
         default=(Exception,), converter=_to_exception_types, validator=_check_retry_on
     )
-    params: dict[str, Any] = attrs.field(factory=dict)
+    params: dict[str, Any] = attrs.field(factory=dict, validator=_check_params)
+    #: Seconds an item may spend in a Throttle's cool-downs in all, before its
+    #: throttled attempt counts as a failure like any other.
+    max_throttle_wait: float = attrs.field(default=600.0, validator=_check_max_throttle_wait)
+    #: A :class:`trioflow.Throttle` shared with other nodes (one per API provider):
+    #: every attempt of ``exec`` passes through it.
+    throttle: Any = attrs.field(default=None, validator=_check_throttle)
+    #: Where a plain ``def exec`` runs (:mod:`trioflow.executors`); None: inline in the Trio task.
+    executor: Any = attrs.field(default=None, validator=_check_executor)
+    #: Part of the key of every result a durable run records: bump it when ``exec`` changes.
+    version: str = ""
+    #: Whether a durable run records this node's results (False: cheap steps, unpicklable results).
+    durable: bool = True
     successors: dict[str, Node] = attrs.field(factory=dict, init=False, repr=False)
 
     #: Whether this class's ``prep``, ``exec`` or ``post`` is ``async def`` (set per
@@ -171,16 +233,42 @@ class Node:
         """Called when every attempt failed; its return stands in for ``exec``'s.  Re-raises by default."""
         raise exc
 
+    exec_fallback._trioflow_default = True  # type: ignore[attr-defined]  # tells the default apart, cheaply
+
     def post(self, shared: Any, prep_res: Any, exec_res: Any) -> Any:
         """Write results to ``shared`` and return the next action (None: ``"default"``)."""
         return None
+
+    def retry_delay(self, exc: Exception, attempt: int) -> float | None:
+        """The wait in seconds before the attempt after ``attempt`` (0-based), which failed with ``exc``.
+
+        None means the policy: ``wait * backoff**attempt`` plus a uniform
+        random ``[0, jitter)``, capped at one day (so a large ``backoff`` never
+        overflows).  By default a Retry-After carried by the exception (an HTTP
+        429/503 response's ``retry-after-ms`` or ``retry-after`` header, or an
+        ``exc.retry_after`` attribute) is honoured, for this item alone; with a
+        :class:`Throttle`, a throttled attempt pauses every user of the Throttle
+        instead and is not a retry.  Override to decide per exception.
+        """
+        from ._throttle import retry_after_of
+
+        return retry_after_of(exc)
+
+    def cost(self, item: Any) -> float:
+        """The weight of one attempt of ``item`` in a Throttle's ``tokens_per_minute`` budget (default 1).
+
+        For an LLM call, an estimate of its tokens, e.g. ``len(prompt) / 4 + max_tokens``.
+        """
+        return 1
 
     # -- wiring ----------------------------------------------------------------
 
     def set_params(self, params: dict[str, Any]) -> None:
         """Set the params this node runs with (a flow sets them on each step)."""
-        # ``params`` has no converter or validator: skip attrs' on-setattr hooks,
-        # which a flow would otherwise pay on every step.
+        # Checked here, then attrs' on-setattr hooks skipped (a flow sets
+        # params on every step; the type check is what the validator does).
+        if type(params) is not dict:
+            check_params(self, params)
         object.__setattr__(self, "params", params)
 
     def next(self, node: N, action: str = "default") -> N:
@@ -225,7 +313,7 @@ class Node:
     @property
     def cur_retry(self) -> int:
         """The 0-based attempt of the ``exec`` call running in this task (PocketFlow's name)."""
-        return _attempt.get()
+        return attempt_var.get()
 
     # -- running -----------------------------------------------------------------
 
@@ -270,75 +358,58 @@ class Node:
         return check_action(self, action)
 
     def _exec(self, prep_res: Any) -> Awaitable[Any]:
-        return self._exec_with_policy(prep_res, None)
+        """``exec`` under the node's policy: an awaitable of its result (or of its fallback's).
 
-    def _exec_with_policy(self, prep_res: Any, index: int | None) -> Awaitable[Any]:
-        """``exec`` under the retry/timeout policy, then ``exec_fallback``: an awaitable.
-
-        When there is no policy to apply (one attempt, no timeout, the default
-        ``exec_fallback`` that re-raises, and attempt 0 already current), the
-        coroutine of an ``async def exec`` is handed back as it is: awaiting it
-        is all the policy would do, and a batch item then costs no coroutine of
-        the engine's own.  Everything else goes through :meth:`_exec_retrying`.
+        With no policy to apply (one attempt, no timeout, no fallback, no
+        throttle, no executor, attempt 0 current), the coroutine of an ``async
+        def exec`` is handed back as it is: awaiting it is all the policy would
+        do.  Everything else goes through the one retry core, :func:`._item.attempts`.
         """
-        if (
-            self.max_retries == 1
-            and self.timeout is None
-            and type(self).exec_fallback is Node.exec_fallback
-            and _attempt.get() == 0
-        ):
+        if self.executor is None and attempt_var.get() == 0 and not has_policy(self):
             result = self.exec(prep_res)
-            if type(result) is CoroutineType or inspect.isawaitable(result):
-                return result
+            if _is_awaitable(result):
+                return result  # type: ignore[no-any-return]
             return _ready(result)
-        return self._exec_retrying(prep_res, index)
+        return self._exec_attempts(prep_res)
 
-    async def _exec_retrying(self, prep_res: Any, index: int | None) -> Any:
-        """``exec`` under the retry/timeout policy, then ``exec_fallback``.  The one retry core."""
-        attempt = 0
-        while True:
-            # Set the attempt only when it differs from what this task already
-            # sees (0 on the first attempt of a fresh item): the common case then
-            # allocates no context or token per item.
-            token = _attempt.set(attempt) if _attempt.get() != attempt else None
-            try:
-                if self.timeout is None:
-                    result = self.exec(prep_res)
-                    if type(result) is CoroutineType or inspect.isawaitable(result):
-                        result = await result
-                    else:  # a plain ``def exec``: yield, as an async one would
-                        await trio.lowlevel.checkpoint()
-                    return result
-                with trio.fail_after(self.timeout):
-                    return await call(self.exec, prep_res)
-            except Exception as exc:
-                if attempt + 1 >= self.max_retries or not isinstance(exc, self.retry_on):
-                    return await call(self.exec_fallback, prep_res, exc)
-                delay = self.wait * self.backoff**attempt
-                if self.jitter:
-                    delay += random.uniform(0, self.jitter)
-                attached = _instrument.current()
-                if attached is not None:
-                    attached.emit("retry_scheduled", self, index, attempt, delay, exc)
-            finally:
-                if token is not None:
-                    _attempt.reset(token)
-            if delay > 0:
-                await trio.sleep(delay)
-            else:
-                await trio.lowlevel.checkpoint()
-            attempt += 1
+    async def _exec_attempts(self, prep_res: Any) -> Any:
+        throttle = self.throttle
+        runner = ItemRunner(self, self.exec, admission=Admission(throttle=throttle) if throttle else None)
+        hold = Hold()
+        box: list[Any] = []
+        try:
+            await attempts(runner, None, prep_res, hold, box.append)
+        finally:
+            if runner.admission is not None:
+                runner.admission.exit(hold)
+        return box[0]
 
 
 async def _ready(value: Any) -> Any:
     """An awaitable of a plain ``def exec``'s result, for the no-policy path.
 
     A full checkpoint first, as after every plain ``exec`` (see
-    :meth:`Node._exec_retrying`): a batch of plain-def items then yields once
-    per item, so it shares the run and a cancel stops it between items.
+    :func:`._item.attempts`): a run of plain-def steps then yields once per
+    step, so it shares the run and a cancel stops it between steps.
     """
     await trio.lowlevel.checkpoint()
     return value
+
+
+@functools.lru_cache(maxsize=256)
+def _mapped_class(name: str) -> type[Node]:
+    """A Node class named ``name``, so instruments and errors name a ``parallel_map`` run as the user did."""
+    return type(name, (Node,), {"__doc__": f"The function {name!r} of a parallel_map or as_completed run."})
+
+
+def mapped_node(fn: Callable[..., Any], name: str, *, throttle: Any, executor: Any) -> Node:
+    """The node that stands for ``fn`` in a ``parallel_map``/``as_completed`` run."""
+    check_executor(name, executor, fn)
+    node = _mapped_class(name)(throttle=throttle)
+    node.exec = fn  # type: ignore[method-assign]
+    if executor is not None:
+        object.__setattr__(node, "executor", executor)
+    return node
 
 
 class _Transition:

@@ -3,11 +3,23 @@
 ``parallel_map`` and ``as_completed`` are the public faces; ``ParallelBatchNode``
 and ``ParallelBatchFlow`` run on the same :class:`_Pool`.
 
-How it works: with a cap of N, N worker tasks are started in a nursery and each
-pulls the next item from the input only when it is free, so a generator or an
-async iterator is consumed lazily and memory grows with N, not with the input.
-With no cap, one task is started per item, as a raw nursery would.  A shared
-``trio.CapacityLimiter`` and a rate cap combine with either.
+The pool does the *pull* stage and owns the result slots; everything else an
+item goes through (done before?, admit, run, record) is its
+:class:`~._item.ItemRunner`'s, decided once per batch (see :mod:`._item`).
+
+How it pulls: with a cap of N, worker tasks pull the next item only when they
+are free, so a generator or an async iterator is consumed lazily and memory
+grows with N, not with the input.  Workers start as items arrive (each worker
+starts the next one when it pulls its first item), so 3 items under a cap of a
+million start 4 tasks, not a million.  When an item may be retried (the node
+has ``max_retries > 1`` or a Throttle), ``max_concurrency`` bounds *attempts*
+in flight: an item waiting to retry gives its place back, and up to
+``max_pending`` (default 4 x the cap) workers keep items in progress.
+
+With no cap, one task is started per item, as a raw nursery would; the
+spawning loop yields to Trio every :data:`SPAWN_CHECKPOINT` items, so a cancel
+reaches it even on an endless plain generator.  There is no bound on the items
+in flight then (that is what "no cap" means) unless ``max_pending`` is given.
 """
 
 from __future__ import annotations
@@ -17,11 +29,14 @@ import math
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Generic, Literal, TypeVar
+from types import CoroutineType
+from typing import Any, Generic, Literal, NoReturn, TypeVar
 
 import trio
 
+from . import _instrument
 from ._errors import BatchError, add_note
+from ._item import Admission, Hold, ItemRunner, Rate
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -35,17 +50,25 @@ OnError = Literal["raise", "collect"]
 
 _PENDING: Any = object()  # marks a result slot whose item has not finished
 
+#: With no cap, the spawning loop yields to Trio after this many items.
+SPAWN_CHECKPOINT = 128
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 def check_limits(
     max_concurrency: int | None,
     limiter: trio.CapacityLimiter | None,
     max_per_second: float | None,
     owner: str = "parallel_map",
+    *,
+    max_pending: int | None = None,
+    throttle: Any = None,
 ) -> None:
-    """Raise a clear error for a bad cap, limiter or rate."""
-    if max_concurrency is not None and (
-        isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
-    ):
+    """Raise a clear error, naming ``owner``, for a bad cap, limiter, rate, pending bound or throttle."""
+    if max_concurrency is not None and (not _is_int(max_concurrency) or max_concurrency < 1):
         raise ValueError(f"{owner}: max_concurrency must be an int >= 1 or None, not {max_concurrency!r}")
     if limiter is not None and not isinstance(limiter, trio.CapacityLimiter):
         raise TypeError(f"{owner}: limiter must be a trio.CapacityLimiter or None, not {limiter!r}")
@@ -56,49 +79,65 @@ def check_limits(
         or math.isinf(max_per_second)
     ):
         raise ValueError(f"{owner}: max_per_second must be a finite number > 0 or None, not {max_per_second!r}")
+    if max_pending is not None:
+        if not _is_int(max_pending) or max_pending < 1:
+            raise ValueError(f"{owner}: max_pending must be an int >= 1 or None, not {max_pending!r}")
+        if max_concurrency is not None and max_pending < max_concurrency:
+            raise ValueError(
+                f"{owner}: max_pending ({max_pending}) counts the items in flight and those waiting to "
+                f"retry, so it cannot be below max_concurrency ({max_concurrency})"
+            )
+    if throttle is not None and not (callable(getattr(throttle, "acquire", None)) and hasattr(throttle, "release")):
+        raise TypeError(f"{owner}: throttle must be a trioflow.Throttle or None, not {throttle!r}")
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def reraise_bare(lone: BaseException) -> NoReturn:
+    """Raise ``lone`` as it is, keeping the ``__cause__``/``__context__`` its raiser gave it."""
+    cause, context, suppress = lone.__cause__, lone.__context__, lone.__suppress_context__
+    try:
+        raise lone
+    finally:
+        lone.__cause__, lone.__context__, lone.__suppress_context__ = cause, context, suppress
 
 
 @contextmanager
 def bare_base_exception() -> Iterator[None]:
-    """Let a lone ``KeyboardInterrupt``-like ``BaseException`` out of the pool's nursery bare.
+    """Let a lone ``BaseException`` out of the pool's nursery bare, as DESIGN.md promises.
 
     The pool catches every ``Exception`` of its items itself (into a
     ``BatchError`` or a result slot), so what a worker can raise through the
-    nursery is ``trio.Cancelled`` or another ``BaseException``.  Trio wraps it
-    in a ``BaseExceptionGroup``; DESIGN.md promises such exceptions are never
-    wrapped, so a single one (beside the ``Cancelled`` of its siblings, which
-    it makes moot) is re-raised as it is.  Several at once stay a group.
+    nursery is ``trio.Cancelled`` or another ``BaseException``, which Trio wraps
+    in a ``BaseExceptionGroup``.  A single one (beside the ``Cancelled`` of its
+    siblings, which it makes moot) is re-raised as it is, with its cause and
+    context; a group of ``Cancelled`` alone (an outer cancel) becomes one bare
+    ``Cancelled``, so ``except trio.Cancelled`` sees it.  Several others at
+    once stay a group.
     """
     try:
         yield
     except BaseExceptionGroup as group:
-        _, rest = group.split(trio.Cancelled)
-        if rest is not None and len(rest.exceptions) == 1:
+        cancelled, rest = group.split(trio.Cancelled)
+        if rest is None:
+            assert cancelled is not None
+            reraise_bare(_first_leaf(cancelled))
+        if len(rest.exceptions) == 1:
             (lone,) = rest.exceptions
             if not isinstance(lone, (Exception, BaseExceptionGroup)):
-                raise lone from None
+                reraise_bare(lone)
         raise
 
 
-class _Rate:
-    """Spaces item starts ``1 / per_second`` apart (no bursts)."""
-
-    __slots__ = ("interval", "next_start")
-
-    def __init__(self, per_second: float) -> None:
-        self.interval = 1.0 / per_second
-        self.next_start = -math.inf
-
-    async def wait(self) -> None:
-        now = trio.current_time()
-        start = max(now, self.next_start)
-        self.next_start = start + self.interval
-        if start > now:
-            await trio.sleep_until(start)
+def _is_plain_generator(it: Any) -> bool:
+    return inspect.isgenerator(it)
 
 
 class _Pool(Generic[T, R]):
-    """One parallel run of ``job(index, item)`` over ``items``.
+    """One parallel run of an :class:`ItemRunner` (or of ``job(index, item)``) over ``items``.
 
     Results go to ``self.results`` (a list in input order) or, when ``send`` is
     given, to a channel in completion order.  Failures are kept in
@@ -108,7 +147,7 @@ class _Pool(Generic[T, R]):
 
     def __init__(
         self,
-        job: Callable[[int, T], Awaitable[R]],
+        job: ItemRunner | Callable[[int, T], Awaitable[R]],
         items: Iterable[T] | AsyncIterable[T],
         *,
         max_concurrency: int | None,
@@ -117,21 +156,43 @@ class _Pool(Generic[T, R]):
         on_error: OnError = "raise",
         send: trio.MemorySendChannel[tuple[int, R | Exception]] | None = None,
         name: str = "parallel_map",
+        throttle: Any = None,
+        max_pending: int | None = None,
     ) -> None:
-        self.job = job
+        runner = job if isinstance(job, ItemRunner) else ItemRunner(None, job, with_index=True)  # type: ignore[arg-type]
+        node = runner.node
+        if throttle is None:
+            throttle = getattr(node, "throttle", None)
+        # An item gives its place back between attempts when it may have more than one.
+        retrying = node is not None and (node.max_retries > 1 or throttle is not None) and not runner.with_index
+        gated = max_concurrency is not None and retrying
+        if max_pending is None and gated:
+            max_pending = 4 * max_concurrency  # type: ignore[operator]
+        self.admission = Admission(
+            slots=trio.CapacityLimiter(max_concurrency) if gated else None,  # type: ignore[arg-type]
+            limiter=limiter,
+            rate=Rate(max_per_second) if max_per_second is not None else None,
+            throttle=throttle,
+        )
+        if self.admission:
+            runner.admission = self.admission
+            runner.fast = runner.fast_async = False
+        self.runner = runner
         self.max_concurrency = max_concurrency
-        self.limiter = limiter
-        self.rate = _Rate(max_per_second) if max_per_second is not None else None
+        # cap: one worker per place; gated: places are slots, workers keep items in progress
+        self.max_workers = max_pending if gated else max_concurrency
+        self.max_pending = max_pending
         self.on_error = on_error
         self.send = send
         self.name = name
         self.results: list[Any] | None = [] if send is None else None
         self.failures: list[Exception] = []
-        self.undelivered: dict[int, Any] = {}  # finished, but the send was cut short (as_completed)
+        self.undelivered: dict[int, Any] = {}  # finished, not yet handed to the consumer (as_completed)
         self.count = 0
         self.stopped = False
-        self._cancel_scope: trio.CancelScope | None = None
-        self._sync_it: Iterable[T] | None = None
+        self.workers = 0
+        self._nursery: trio.Nursery | None = None
+        self._sync_it: Iterator[T] | None = None
         self._async_it: AsyncIterator[T] | None = None
         self._pull_lock: trio.Lock | None = None
         if isinstance(items, AsyncIterable):
@@ -148,12 +209,13 @@ class _Pool(Generic[T, R]):
         add_note(exc, note)
         self.failures.append(exc)
         self.stopped = True
-        if self._cancel_scope is not None:
-            self._cancel_scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     def _input_failed(self, exc: Exception) -> None:
         """The input itself raised while pulled: the batch stops, whatever ``on_error`` says."""
-        self._fail(exc, f"raised while {self.name} pulled item {self.count} from its input")
+        index = self.count if self.results is None else len(self.results)
+        self._fail(exc, input_note(self.name, index))
 
     def _next_index(self) -> int:
         index = self.count
@@ -165,13 +227,12 @@ class _Pool(Generic[T, R]):
     def _pull_sync(self) -> tuple[int, T] | None:
         """The next (index, item) of a plain iterable, or None when it is done or the pool stopped.
 
-        A plain function, not a coroutine: pulling from a list or a generator
-        never blocks, and this is the per-item hot path of every worker.
+        A plain function, not a coroutine: pulling from a list or a generator never blocks.
         """
         if self.stopped:
             return None
         try:
-            item = next(self._sync_it)  # type: ignore[call-overload]
+            item = next(self._sync_it)  # type: ignore[arg-type]
         except StopIteration:
             self.stopped = True
             return None
@@ -196,132 +257,236 @@ class _Pool(Generic[T, R]):
                 return None
             return self._next_index(), item
 
-    # -- running one item ----------------------------------------------------
+    async def _pull(self) -> tuple[int, T] | None:
+        if self._sync_it is not None:
+            return self._pull_sync()
+        return await self._pull_async()
+
+    async def _close_input(self) -> None:
+        """Close a generator input left half-pulled (a failure, a cancel, an early exit) now,
+        as ``aclosing``/``closing`` would, so its ``finally`` runs now and not at garbage
+        collection.  Other iterables (a channel or an iterator the caller owns) stay open."""
+        if inspect.isasyncgen(self._async_it):
+            await self._async_it.aclose()
+        elif _is_plain_generator(self._sync_it):
+            self._sync_it.close()  # type: ignore[union-attr]
+
+    # -- running one item (the general path) ------------------------------------
 
     def _failed(self, index: int, exc: Exception) -> bool:
         """Note item ``index``'s failure; True if its exception stands in its result slot."""
+        note = f"raised by {self.runner.noun} {index} of {self.name}"
         if self.on_error == "raise":
-            self._fail(exc, f"raised by item {index} of {self.name}")
+            self._fail(exc, note)
             return False
-        add_note(exc, f"raised by item {index} of {self.name}")
+        add_note(exc, note)
         return True
 
-    async def _one(self, index: int, item: T, use_limiter: bool) -> None:
-        try:
-            if use_limiter and self.limiter is not None:
-                async with self.limiter:
-                    # The rate slot is taken once the token is held, so that a
-                    # wait for the limiter cannot bunch up the starts.
-                    if self.rate is not None:
-                        await self.rate.wait()
-                    value: R | Exception = await self.job(index, item)
-            else:
-                if self.rate is not None:
-                    await self.rate.wait()
-                value = await self.job(index, item)
-        except Exception as exc:
-            if not self._failed(index, exc):
-                return
-            value = exc
+    def _record(self, index: int, value: Any) -> None:
+        """The record stage's slot: the result list, or the hand-over to the consumer."""
         if self.results is not None:
             self.results[index] = value
         else:
-            assert self.send is not None
+            self.undelivered[index] = value
+
+    async def _one(self, index: int, item: T, hold: Hold) -> None:
+        try:
+            await self.runner.run(index, item, hold, self._record)
+        except Exception as exc:
+            if not self._failed(index, exc):
+                return
+            self._record(index, exc)
+        if self.send is not None:
+            # A token bounds work in flight, not results waiting to be read: give it back first.
+            self.admission.exit(hold)
             try:
-                await self.send.send((index, value))
+                await self.send.send((index, self.undelivered[index]))
             except trio.BrokenResourceError:  # the consumer left early: stop quietly
                 self.stopped = True
-                if self._cancel_scope is not None:
-                    self._cancel_scope.cancel()
-            except BaseException:
-                self.undelivered[index] = value  # so that BatchError.completed still has it
-                raise
+                assert self._nursery is not None
+                self._nursery.cancel_scope.cancel()
+            else:
+                del self.undelivered[index]
+
+    def _start_worker(self) -> None:
+        """Start one more worker if the cap allows (a worker calls this when it pulls its first item)."""
+        if self.max_workers is not None and self.workers < self.max_workers:
+            self.workers += 1
+            assert self._nursery is not None
+            self._nursery.start_soon(self._worker_fn())
+
+    def _worker_fn(self) -> Callable[[], Awaitable[None]]:
+        if self.runner.fast and self._sync_it is not None and self.results is not None:
+            return self._fast_async_worker if self.runner.fast_async else self._fast_worker
+        return self._worker
 
     async def _worker(self) -> None:
-        """Run items one after another, pulling the next only when free."""
-        one = self._one
-        if self._sync_it is None:
-            while (got := await self._pull_async()) is not None:
-                await one(got[0], got[1], True)
-            return
-        pull = self._pull_sync
-        results = self.results
-        if results is None or self.rate is not None or self.limiter is not None:
-            while (got := pull()) is not None:
-                await one(got[0], got[1], True)
-            return
-        # The hot path (plain input, results in a list, no limiter, no rate):
-        # ``_pull_sync`` and ``_one`` inlined, so an item costs one await of the
-        # job and a few attribute reads.
-        job = self.job
-        source = self._sync_it
-        while not self.stopped:
+        """Pull and run items one after another; with slots, take a place before pulling."""
+        slots = self.admission.slots
+        first = True
+        while True:
+            hold = Hold()
             try:
-                item = next(source)  # type: ignore[call-overload]
-            except StopIteration:
-                self.stopped = True
-                return
-            except Exception as exc:
-                self._input_failed(exc)
-                return
-            index = self.count
-            self.count = index + 1
-            results.append(_PENDING)
-            try:
-                results[index] = await job(index, item)
-            except Exception as exc:
-                if not self._failed(index, exc):
+                if slots is not None:
+                    await slots.acquire_on_behalf_of(hold)
+                    hold.slot = True
+                got = self._pull_sync() if self._sync_it is not None else await self._pull_async()
+                if got is None:
                     return
-                results[index] = exc
+                if first:
+                    first = False
+                    self._start_worker()
+                await self._one(got[0], got[1], hold)
+            finally:
+                self.admission.exit(hold)
 
-    async def _one_holding(self, index: int, item: T, borrower: object) -> None:
-        assert self.limiter is not None
+    async def _fast_async_worker(self) -> None:
+        """The hot path (plain input, results in a list, an ``async def`` call that needs
+        nothing else): an item costs one ``next``, one slot and one await of the call."""
+        call = self.runner.call
+        results = self.results
+        assert results is not None and self._sync_it is not None
+        first = True
+        if self.stopped:
+            return
         try:
-            await self._one(index, item, False)
+            for item in self._sync_it:
+                index = len(results)
+                results.append(_PENDING)
+                if first:
+                    first = False
+                    self._start_worker()
+                try:
+                    results[index] = await call(item)
+                except Exception as exc:
+                    if not self._failed(index, exc):
+                        return
+                    results[index] = exc
+                if self.stopped:  # checked before the next pull
+                    return
+        except Exception as exc:  # only the input raises out here: the call's errors are caught above
+            self._input_failed(exc)
+            return
+        self.stopped = True
+
+    async def _fast_worker(self) -> None:
+        """As :meth:`_fast_async_worker` for a call that may be plain ``def``: a plain result
+        is recorded first, then the task yields (so a batch of plain calls shares the run)."""
+        call = self.runner.call
+        results = self.results
+        assert results is not None and self._sync_it is not None
+        first = True
+        if self.stopped:
+            return
+        try:
+            for item in self._sync_it:
+                index = len(results)
+                results.append(_PENDING)
+                if first:
+                    first = False
+                    self._start_worker()
+                plain = False
+                try:
+                    value = call(item)
+                    if type(value) is CoroutineType or inspect.isawaitable(value):
+                        value = await value
+                    else:
+                        plain = True
+                    results[index] = value
+                except Exception as exc:
+                    if not self._failed(index, exc):
+                        return
+                    results[index] = exc
+                if plain:
+                    await trio.lowlevel.checkpoint()
+                if self.stopped:  # checked before the next pull
+                    return
+        except Exception as exc:  # only the input raises out here
+            self._input_failed(exc)
+            return
+        self.stopped = True
+
+    # -- no cap: a task per item --------------------------------------------------
+
+    async def _fast_one(self, index: int, item: T) -> None:
+        assert self.results is not None
+        try:
+            value = self.runner.call(item)
+            if type(value) is CoroutineType or inspect.isawaitable(value):
+                self.results[index] = await value
+                return
+            self.results[index] = value
+        except Exception as exc:
+            if self._failed(index, exc):
+                self.results[index] = exc
+            return
+        await trio.lowlevel.checkpoint()
+
+    async def _one_task(self, index: int, item: T, hold: Hold, pending: trio.CapacityLimiter | None) -> None:
+        try:
+            await self._one(index, item, hold)
         finally:
-            self.limiter.release_on_behalf_of(borrower)
+            self.admission.exit(hold)
+            if pending is not None:
+                pending.release_on_behalf_of(hold)
 
     async def _spawn_all(self, nursery: trio.Nursery) -> None:
-        """No cap: one task per item; with a limiter, take a token before pulling."""
-        limiter = self.limiter
-        if limiter is None:
-            if self._sync_it is not None:
-                pull = self._pull_sync
-                start_soon = nursery.start_soon
-                one = self._one
-                while (got := pull()) is not None:
-                    start_soon(one, got[0], got[1], False)
-                return
-            while (got := await self._pull_async()) is not None:
-                nursery.start_soon(self._one, got[0], got[1], False)
+        """No cap: one task per item.  With a limiter, a token is taken before the pull (so the
+        input is pulled only as tokens free up) and handed to the item's task."""
+        fast = self.runner.fast and self.results is not None
+        limiter = self.admission.limiter
+        pending = trio.CapacityLimiter(self.max_pending) if self.max_pending is not None else None
+        start_soon = nursery.start_soon
+        spawned = 0
+        if fast and pending is None:  # the hot path: nothing to hold per item
+            while (got := self._pull_sync() if self._sync_it is not None else await self._pull_async()) is not None:
+                start_soon(self._fast_one, got[0], got[1])
+                spawned += 1
+                if spawned % SPAWN_CHECKPOINT == 0:
+                    await trio.lowlevel.checkpoint()
             return
         while True:
-            borrower = object()
-            await limiter.acquire_on_behalf_of(borrower)
-            got = self._pull_sync() if self._sync_it is not None else await self._pull_async()
+            hold = Hold()
+            got = None
+            held_pending = False
+            try:
+                if pending is not None:
+                    await pending.acquire_on_behalf_of(hold)
+                    held_pending = True
+                if limiter is not None:
+                    await limiter.acquire_on_behalf_of(hold)
+                    hold.token = True
+                got = self._pull_sync() if self._sync_it is not None else await self._pull_async()
+            finally:
+                if got is None:  # the input is done, or the pull was cut short: give the tokens back
+                    self.admission.exit(hold)
+                    if held_pending:
+                        pending.release_on_behalf_of(hold)  # type: ignore[union-attr]
             if got is None:
-                limiter.release_on_behalf_of(borrower)
                 return
-            nursery.start_soon(self._one_holding, got[0], got[1], borrower)
+            if fast:
+                start_soon(self._fast_one, got[0], got[1])
+            else:
+                start_soon(self._one_task, got[0], got[1], hold, pending)
+            spawned += 1
+            if spawned % SPAWN_CHECKPOINT == 0:
+                await trio.lowlevel.checkpoint()
+
+    # -- the run ------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run every item; failures are left in ``self.failures``."""
         try:
             with bare_base_exception():
                 async with trio.open_nursery() as nursery:
-                    self._cancel_scope = nursery.cancel_scope
+                    self._nursery = nursery
                     if self.max_concurrency is None:
                         await self._spawn_all(nursery)
                     else:
-                        for _ in range(self.max_concurrency):
-                            nursery.start_soon(self._worker)
+                        self._start_worker()
         finally:
-            # An async generator left half-pulled (a failure, a cancel, an early
-            # exit) is closed now, as ``aclosing`` would, not later by Trio's
-            # garbage-collection hook, which warns and spawns a task for it.
-            # Other async iterables (a channel the caller owns) are left open.
-            if inspect.isasyncgen(self._async_it):
-                await self._async_it.aclose()
+            self._nursery = None
+            await self._close_input()
 
     def error(self) -> BatchError:
         """The ``BatchError`` for the failures so far, with what did complete."""
@@ -329,9 +494,7 @@ class _Pool(Generic[T, R]):
         if self.results is not None:
             completed = {i: r for i, r in enumerate(self.results) if r is not _PENDING}
         n = len(self.failures)
-        return BatchError(
-            f"{n} item{'s' if n != 1 else ''} of {self.name} failed", self.failures, completed
-        )
+        return BatchError(f"{n} item{'s' if n != 1 else ''} of {self.name} failed", self.failures, completed)
 
     async def run_to_list(self) -> list[R | Exception]:
         """Run every item and return the results in input order, or raise BatchError."""
@@ -342,31 +505,84 @@ class _Pool(Generic[T, R]):
         return self.results
 
 
+def input_note(name: str, index: int) -> str:
+    """The note on an exception that a batch's input raised while being pulled (one wording everywhere)."""
+    return f"raised while {name} pulled item {index} from its input"
+
+
+# -- parallel_map and as_completed --------------------------------------------------
+
+
+def _mapped(fn: Callable[[T], Any], items: Any, name: str | None, throttle: Any, executor: Any, owner: str) -> Any:
+    """A node that stands for ``fn`` in a ``parallel_map``/``as_completed`` run: its policy
+    (one attempt; throttled attempts tried again), its executor, its name in events."""
+    from ._node import mapped_node
+
+    if not callable(fn):
+        raise TypeError(f"{owner}: fn must be a function of one item (async def or plain def), not {fn!r}")
+    if not isinstance(items, (Iterable, AsyncIterable)):
+        raise TypeError(f"{owner}: items must be an iterable or an async iterable, not {type(items).__name__}")
+    label: str = name or getattr(fn, "__name__", None) or owner
+    return mapped_node(fn, label, throttle=throttle, executor=executor)
+
+
+@asynccontextmanager
+async def _watched(node: Any, items: Any) -> AsyncIterator[None]:
+    """The node events around a ``parallel_map``/``as_completed`` run, when an instrument is attached."""
+    attached = _instrument.current()
+    if attached is None:
+        yield
+        return
+    attached.emit("node_started", node)
+    _instrument.batch_started(node, items)
+    try:
+        yield
+    except BaseException as exc:
+        attached.emit("node_finished", node, None, exc)
+        raise
+    attached.emit("node_finished", node, None, None)
+
+
 async def parallel_map(
-    fn: Callable[[T], Awaitable[R]],
+    fn: Callable[[T], Awaitable[R]] | Callable[[T], R],
     items: Iterable[T] | AsyncIterable[T],
     *,
     max_concurrency: int | None = None,
     limiter: trio.CapacityLimiter | None = None,
     max_per_second: float | None = None,
+    throttle: Any = None,
+    executor: Any = None,
+    max_pending: int | None = None,
+    name: str | None = None,
 ) -> list[R]:
-    """Run ``await fn(item)`` for every item concurrently; return the results in input order.
+    """Run ``fn(item)`` for every item concurrently; return the results in input order.
 
     The engine under ``ParallelBatchNode``, usable from any Trio code.  At most
     ``max_concurrency`` calls run at once; the input (a list, a generator or an
     async iterator) is pulled only as a call slot frees up, so a huge generator
     costs memory in proportion to the cap, not to its length.
 
+    ``fn`` is an ``async def`` function of one item, or a plain ``def`` one: a
+    plain one runs inline in the task (so it must not block; the pool yields
+    to Trio after each call) unless an ``executor`` runs it elsewhere.
+
     Args:
-        fn: an async function of one item.
+        fn: the function of one item.
         items: an iterable or an async iterable.
         max_concurrency: the most calls running at once (None: no cap).
         limiter: a ``trio.CapacityLimiter`` shared with other batches; a call
             holds one of its tokens while it runs.
         max_per_second: the most calls started per second, evenly spaced.
+        throttle: a :class:`trioflow.Throttle` shared with other batches (one
+            per API provider); a throttled call is made again after the
+            Throttle's cool-down.
+        executor: where a plain ``fn`` runs (:mod:`trioflow.executors`); inline by default.
+        max_pending: the most items in progress (running or waiting to be
+            tried again); default 4 x ``max_concurrency``.
+        name: the name instruments see (a progress bar's label); default ``fn.__name__``.
 
     Returns:
-        ``[await fn(x) for x in items]``, in input order.
+        ``[fn(x) for x in items]`` (awaited), in input order.
 
     Raises:
         BatchError: one or more calls raised an ``Exception``; the first
@@ -377,31 +593,40 @@ async def parallel_map(
 
         pages = await trioflow.parallel_map(fetch, urls, max_concurrency=10)
     """
-    check_limits(max_concurrency, limiter, max_per_second)
-
-    async def job(_index: int, item: T) -> R:
-        return await fn(item)
-
-    pool: _Pool[T, R] = _Pool(
-        job, items, max_concurrency=max_concurrency, limiter=limiter, max_per_second=max_per_second
-    )
-    return await pool.run_to_list()  # type: ignore[return-value]
+    check_limits(max_concurrency, limiter, max_per_second, max_pending=max_pending, throttle=throttle)
+    node = _mapped(fn, items, name, throttle, executor, "parallel_map")
+    async with _watched(node, items):
+        pool: _Pool[T, R] = _Pool(
+            ItemRunner(node, fn),
+            items,
+            max_concurrency=max_concurrency,
+            limiter=limiter,
+            max_per_second=max_per_second,
+            name=type(node).__name__,
+            max_pending=max_pending,
+        )
+        return await pool.run_to_list()  # type: ignore[return-value]
 
 
 @asynccontextmanager
 async def as_completed(
-    fn: Callable[[T], Awaitable[R]],
+    fn: Callable[[T], Awaitable[R]] | Callable[[T], R],
     items: Iterable[T] | AsyncIterable[T],
     *,
     max_concurrency: int | None = None,
     limiter: trio.CapacityLimiter | None = None,
     max_per_second: float | None = None,
+    throttle: Any = None,
+    executor: Any = None,
+    max_pending: int | None = None,
+    name: str | None = None,
 ) -> AsyncIterator[trio.MemoryReceiveChannel[tuple[int, R]]]:
     """Run ``fn`` over ``items`` like :func:`parallel_map`; hand out results as they finish.
 
     Yields a receive channel of ``(index, result)`` pairs in completion order.
-    The pool waits while the consumer is busy (no unbounded buffering).
-    Leaving the block early cancels the calls still running.
+    The pool waits while the consumer is busy (no unbounded buffering), but a
+    finished call gives back its limiter token and Throttle slot before it
+    waits for the consumer.  Leaving the block early cancels the calls still running.
 
     Raises:
         BatchError: when the block exits, if a call failed.  The first failure
@@ -410,7 +635,8 @@ async def as_completed(
 
     The block's body runs inside the nursery that runs the calls, so, as with
     any Trio nursery, an exception raised by the body comes out inside an
-    ``ExceptionGroup`` (catch it with ``except*``).
+    ``ExceptionGroup`` (catch it with ``except*``).  A lone ``BaseException``
+    (``KeyboardInterrupt``, a cancel) comes out bare.
 
     Example::
 
@@ -418,20 +644,20 @@ async def as_completed(
             async for index, page in results:
                 print(index, len(page))
     """
-    check_limits(max_concurrency, limiter, max_per_second, owner="as_completed")
+    check_limits(
+        max_concurrency, limiter, max_per_second, owner="as_completed", max_pending=max_pending, throttle=throttle
+    )
+    node = _mapped(fn, items, name, throttle, executor, "as_completed")
     send, receive = trio.open_memory_channel[tuple[int, Any]](0)
-
-    async def job(_index: int, item: T) -> R:
-        return await fn(item)
-
     pool: _Pool[T, R] = _Pool(
-        job,
+        ItemRunner(node, fn),
         items,
         max_concurrency=max_concurrency,
         limiter=limiter,
         max_per_second=max_per_second,
         send=send,
-        name="as_completed",
+        name=type(node).__name__,
+        max_pending=max_pending,
     )
 
     async def feed() -> None:
@@ -441,10 +667,13 @@ async def as_completed(
         with send:
             await pool.run()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(feed)
-        async with receive:
-            yield receive
-        nursery.cancel_scope.cancel()
+    async with _watched(node, items):
+        with bare_base_exception():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(feed)
+                async with receive:
+                    yield receive
+                nursery.cancel_scope.cancel()
     if pool.failures:
         raise pool.error()
+

@@ -213,7 +213,7 @@ class ProgressBar(Instrument):
             items = f"{total} items" if total is not None else "items"
             self.console.print(f"{bar.name}: started on {items}", markup=False, highlight=False)
 
-    def item_finished(self, node: Node, index: int, error: BaseException | None) -> None:
+    def item_finished(self, node: Node, index: int, error: BaseException | None, value: Any = None) -> None:
         bar = self._bars.get(id(node))
         if bar is None:
             return

@@ -180,7 +180,15 @@ class Tracer(Instrument):
     def item_started(self, node: Node, index: int) -> None:
         self._begin(node, index)
 
-    def item_finished(self, node: Node, index: int, error: BaseException | None) -> None:
+    def attempt_started(self, node: Node, index: int | None, attempt: int) -> None:
+        if index is None:
+            return
+        opened = self._open.get((id(node), index))
+        if opened is not None:  # the attempt starts when admitted, which may be after its backoff
+            opened.attempt = attempt
+            opened.start = self._now()
+
+    def item_finished(self, node: Node, index: int, error: BaseException | None, value: Any = None) -> None:
         self._end("item", node, index, error)
 
     def retry_scheduled(self, node: Node, index: int | None, attempt: int, delay: float, error: Exception) -> None:
