@@ -205,7 +205,7 @@ def policy_delay(node: Node, attempt: int) -> float:
             delay = MAX_POLICY_WAIT
     if node.jitter:
         delay += random.uniform(0, node.jitter)
-    return min(delay, MAX_POLICY_WAIT)
+    return delay
 
 
 def _check_delay(node: Node, delay: Any) -> float:
