@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from . import executors as executors
 from ._batch import BatchNode as BatchNode
 from ._batch import ParallelBatchNode as ParallelBatchNode
 from ._errors import BatchError as BatchError
@@ -23,6 +24,7 @@ from ._instrument import instrumented as instrumented
 from ._node import Node as Node
 from ._parallel import as_completed as as_completed
 from ._parallel import parallel_map as parallel_map
+from .executors import WorkerDiedError as WorkerDiedError
 from .tracing import Span as Span
 from .tracing import Tracer as Tracer
 
@@ -38,7 +40,9 @@ __all__ = [
     "ParallelBatchNode",
     "Span",
     "Tracer",
+    "WorkerDiedError",
     "as_completed",
+    "executors",
     "instrumented",
     "parallel_map",
     "run",

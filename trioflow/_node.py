@@ -361,11 +361,12 @@ class Node:
         """``exec`` under the node's policy: an awaitable of its result (or of its fallback's).
 
         With no policy to apply (one attempt, no timeout, no fallback, no
-        throttle, no executor, attempt 0 current), the coroutine of an ``async
+        throttle, an inline executor, attempt 0 current), the coroutine of an ``async
         def exec`` is handed back as it is: awaiting it is all the policy would
         do.  Everything else goes through the one retry core, :func:`._item.attempts`.
         """
-        if self.executor is None and attempt_var.get() == 0 and not has_policy(self):
+        executor = self.executor
+        if (executor is None or getattr(executor, "inline", False)) and attempt_var.get() == 0 and not has_policy(self):
             result = self.exec(prep_res)
             if _is_awaitable(result):
                 return result  # type: ignore[no-any-return]

@@ -91,6 +91,17 @@ def check_limits(
         raise TypeError(f"{owner}: throttle must be a trioflow.Throttle or None, not {throttle!r}")
 
 
+def executor_cap(node: Any, max_pending: int | None) -> int | None:
+    """The cap of a batch that sets none, from the node's executor: a pool of threads or
+    processes runs at most its size at once, a Dask cluster gets twice its threads (so the
+    input is pulled, and futures exist, only as workers free up), inline has none."""
+    default = getattr(getattr(node, "executor", None), "default_max_concurrency", None)
+    cap = default() if default is not None else None
+    if cap is not None and max_pending is not None:
+        cap = min(cap, max_pending)
+    return cap
+
+
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
@@ -161,6 +172,8 @@ class _Pool(Generic[T, R]):
     ) -> None:
         runner = job if isinstance(job, ItemRunner) else ItemRunner(None, job, with_index=True)  # type: ignore[arg-type]
         node = runner.node
+        if max_concurrency is None and not runner.with_index:
+            max_concurrency = executor_cap(node, max_pending)
         if throttle is None:
             throttle = getattr(node, "throttle", None)
         # An item gives its place back between attempts when it may have more than one.
