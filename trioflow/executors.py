@@ -67,6 +67,7 @@ from concurrent.futures import CancelledError as FutureCancelled
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
+import outcome
 import trio
 
 from ._item import attempt_var
@@ -446,23 +447,34 @@ class Dask:
         return max(2, 2 * threads)
 
     def bind(self, owner: str, fn: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
-        """``fn`` as one Dask task per attempt; the node is pickled (and checked) here, once."""
-        import asyncio
+        """``fn`` as one Dask task per attempt; the node is pickled (and checked) here, once.
 
+        The client's own event loop (a thread of the client) waits for each
+        future and gathers its result; ``loop.add_callback`` is how work gets
+        there from the Trio thread, ``TrioToken.run_sync_soon`` how the
+        result comes back.
+        """
         import distributed
 
         shipped = ship(owner, fn)
         client = self.client
-        loop = client.loop.asyncio_loop
+        loop = client.loop
         killed = distributed.KilledWorker
 
-        async def gathered(future: Any) -> Any:  # on the client's loop
+        async def gathered(future: Any, deliver: Callable[[outcome.Outcome[Any]], None]) -> None:  # on the loop
             try:
-                return await client.gather(future, asynchronous=True)
+                result: outcome.Outcome[Any] = outcome.Value(await client.gather(future, asynchronous=True))
+            except Exception as exc:
+                result = outcome.Error(exc)
+            except BaseException:  # the client's loop is closing: the Trio side hears of a lost task
+                deliver(outcome.Error(FutureCancelled(f"the Dask client closed under {future.key}")))
+                raise
             finally:
-                future.release()  # before the Trio task hears of it: never one future too many
+                future.release()  # queues the release on this loop...
+            # ...so the Trio task hears of the result after it: never one future too many.
+            loop.add_callback(deliver, result)
 
-        async def dropped(future: Any) -> None:  # on the client's loop
+        async def dropped(future: Any) -> None:  # on the loop
             try:
                 await client.cancel([future], asynchronous=True, force=True)
             finally:
@@ -473,24 +485,27 @@ class Dask:
             future = client.submit(run_shipped, shipped, job, key=f"{owner}-{uuid.uuid4().hex}", pure=False)
             token = trio.lowlevel.current_trio_token()
             done = trio.Event()
+            box: list[outcome.Outcome[Any]] = []
 
-            def wake(_: Any) -> None:  # called on the client's loop thread
+            def arrived(result: outcome.Outcome[Any]) -> None:  # in the Trio thread
+                box.append(result)
+                done.set()
+
+            def deliver(result: outcome.Outcome[Any]) -> None:  # on the client's loop
                 try:
-                    token.run_sync_soon(done.set)
+                    token.run_sync_soon(arrived, result)
                 except trio.RunFinishedError:  # the run is over: nobody waits for this result
                     pass
 
-            result = asyncio.run_coroutine_threadsafe(gathered(future), loop)
-            result.add_done_callback(wake)
+            loop.add_callback(gathered, future, deliver)
             try:
                 await done.wait()
             except BaseException:
-                # The gather ends by itself once the future is cancelled (cancelling it
-                # instead leaves Dask's inner waits to die unheard).
-                asyncio.run_coroutine_threadsafe(dropped(future), loop)
+                # Cancelled: the task goes from the scheduler; the gather then ends by itself.
+                loop.add_callback(dropped, future)
                 raise
             try:
-                return result.result()
+                return box[0].unwrap()
             except killed as exc:
                 raise WorkerDiedError(f"{owner}: Dask lost the workers running exec ({exc})") from exc
             except FutureCancelled as exc:
