@@ -95,7 +95,7 @@ async def run_sequential(node: Node, runner: ItemRunner, items: Iterable[Any] | 
 
 
 def _appender(results: list[Any]) -> Any:
-    def record(index: int, value: Any) -> None:
+    def record(index: Any, value: Any) -> None:
         results.append(value)
 
     return record

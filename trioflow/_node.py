@@ -7,13 +7,14 @@ import inspect
 import math
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
+from types import CoroutineType
 from typing import Any, ClassVar, TypeVar
 
 import attrs
 import trio
 
 from . import _instrument
-from ._item import Admission, Hold, ItemRunner, attempt_var, attempts, has_policy
+from ._item import Admission, Hold, ItemRunner, attempt_var, attempts
 
 __all__ = ["Node"]
 
@@ -29,7 +30,8 @@ _PLAIN_TYPES = frozenset({type(None), str, int, float, bool, list, dict, tuple})
 
 
 def _is_awaitable(value: Any) -> bool:
-    return type(value) not in _PLAIN_TYPES and inspect.isawaitable(value)
+    kind = type(value)
+    return kind is CoroutineType or (kind not in _PLAIN_TYPES and inspect.isawaitable(value))
 
 
 async def call(fn: Any, *args: Any) -> Any:
@@ -235,7 +237,6 @@ class Node:
         """Called when every attempt failed; its return stands in for ``exec``'s.  Re-raises by default."""
         raise exc
 
-    exec_fallback._trioflow_default = True  # type: ignore[attr-defined]  # tells the default apart, cheaply
 
     def post(self, shared: Any, prep_res: Any, exec_res: Any) -> Any:
         """Write results to ``shared`` and return the next action (None: ``"default"``)."""
@@ -382,7 +383,7 @@ class Node:
         hold = Hold()
         box: list[Any] = []
         try:
-            await attempts(runner, None, prep_res, hold, box.append)
+            await attempts(runner, None, prep_res, hold, lambda index, value: box.append(value))
         finally:
             if runner.admission is not None:
                 runner.admission.exit(hold)
@@ -403,6 +404,21 @@ def mapped_node(fn: Callable[..., Any], name: str, *, throttle: Any, executor: A
     if executor is not None:
         object.__setattr__(node, "executor", executor)
     return node
+
+
+def has_policy(node: Node) -> bool:
+    """Whether an attempt of ``node`` needs the retry core: retries, a timeout, a throttle, a fallback
+    (Node's own re-raises, so it counts only when overridden, on the class or on the instance)."""
+    return (
+        node.max_retries != 1
+        or node.timeout is not None
+        or node.throttle is not None
+        or type(node).exec_fallback is not _DEFAULT_FALLBACK
+        or "exec_fallback" in node.__dict__
+    )
+
+
+_DEFAULT_FALLBACK = Node.exec_fallback
 
 
 class _Transition:

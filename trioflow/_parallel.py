@@ -323,9 +323,11 @@ class _Pool(Generic[T, R]):
     async def _worker(self) -> None:
         """Pull and run items one after another; with slots, take a place before pulling."""
         slots = self.admission.slots
+        # With nothing to take per attempt, no Hold is ever filled: one empty Hold serves every item.
+        empty = None if self.admission else Hold()
         first = True
         while True:
-            hold = Hold()
+            hold = empty or Hold()
             try:
                 if slots is not None:
                     await slots.acquire_on_behalf_of(hold)
@@ -344,6 +346,7 @@ class _Pool(Generic[T, R]):
         """The hot path (plain input, results in a list, an ``async def`` call that needs
         nothing else): an item costs one ``next``, one slot and one await of the call."""
         call = self.runner.call
+        with_index = self.runner.with_index
         results = self.results
         assert results is not None and self._sync_it is not None
         first = True
@@ -357,7 +360,7 @@ class _Pool(Generic[T, R]):
                     first = False
                     self._start_worker()
                 try:
-                    results[index] = await call(item)
+                    results[index] = await (call(index, item) if with_index else call(item))
                 except Exception as exc:
                     if not self._failed(index, exc):
                         return
@@ -411,7 +414,8 @@ class _Pool(Generic[T, R]):
     async def _fast_one(self, index: int, item: T) -> None:
         assert self.results is not None
         try:
-            value = self.runner.call(item)
+            runner = self.runner
+            value = runner.call(index, item) if runner.with_index else runner.call(item)
             if type(value) is CoroutineType or inspect.isawaitable(value):
                 self.results[index] = await value
                 return
