@@ -22,6 +22,7 @@ instrument attached that read is all it does.
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 import re
 import warnings
@@ -248,10 +249,16 @@ def place_of(node: Node) -> tuple[str, ...]:
     name = type(node).__name__
     if place:
         last = place[-1]
-        stem = re.sub(r"\W", "_", name)
-        if last == name or (last.startswith(stem + "_") and last[len(stem) + 1 :].isdigit()):
+        stem = _graph_stem(name)
+        if last == name or (last.startswith(stem) and last[len(stem) :].isdigit()):
             return place
     return (*place, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _graph_stem(name: str) -> str:
+    """``"Load_"`` for class ``Load``: a graph id is this and a number (see ``_mermaid.graph_ids``)."""
+    return re.sub(r"\W", "_", name) + "_"
 
 
 def task_lineage() -> Iterator[trio.lowlevel.Task]:

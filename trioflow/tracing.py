@@ -31,9 +31,9 @@ span per run.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
-import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -157,8 +157,7 @@ class Tracer(Instrument):
 
     A node's run is kept by the task that runs it (its events all happen
     there), and an item by its worker task, so concurrent runs of one node
-    object never mix.  The tracer holds a task only weakly: a run it saw start
-    but never end (attached mid-run, say) leaves nothing alive.
+    object never mix.  A task is held only while a span of it is open.
 
     Memory grows with the number of spans (one per node run, per item attempt
     and per wait): about 200 bytes each, so a million-item batch costs ~200 MB.
@@ -177,8 +176,10 @@ class Tracer(Instrument):
         #: ``(time, throttle name, rate)`` for each ``rate_changed`` event.
         self.rates: list[tuple[float, str, float]] = []
         self._t0: float | None = None
-        self._tasks: weakref.WeakKeyDictionary[trio.lowlevel.Task, _TaskState] = weakref.WeakKeyDictionary()
-        self._free_lanes: list[int] = []
+        # the tasks with an open span (a dict, not a WeakKeyDictionary: a weak lookup
+        # costs a weakref per event); an entry goes when its task's last span ends
+        self._tasks: dict[trio.lowlevel.Task, _TaskState] = {}
+        self._free_lanes: list[int] = []  # a heap: the lowest free lane is taken first
         self._lanes = 0
         self._throttles: dict[int, tuple[Any, str]] = {}
 
@@ -190,24 +191,24 @@ class Tracer(Instrument):
             self._t0 = now
         return now - self._t0
 
-    def _state(self) -> _TaskState:
-        """The running task's state; a new one takes the lowest free lane."""
+    def _opened_one(self) -> _TaskState:
+        """The running task's state, with one more open span; a new one takes the lowest free lane."""
         task = trio.lowlevel.current_task()
         state = self._tasks.get(task)
         if state is None:
             if self._free_lanes:
-                self._free_lanes.sort()
-                lane = self._free_lanes.pop(0)
+                lane = heapq.heappop(self._free_lanes)
             else:
                 lane = self._lanes
                 self._lanes += 1
             state = self._tasks[task] = _TaskState(lane)
+        state.count += 1
         return state
 
     def _closed_one(self, state: _TaskState) -> None:
         state.count -= 1
         if state.count == 0:
-            self._free_lanes.append(state.lane)
+            heapq.heappush(self._free_lanes, state.lane)
             del self._tasks[trio.lowlevel.current_task()]
 
     def _seen(self) -> _TaskState | None:
@@ -270,8 +271,7 @@ class Tracer(Instrument):
     # -- hooks ------------------------------------------------------------------
 
     def node_started(self, node: Node) -> None:
-        state = self._state()
-        state.count += 1
+        state = self._opened_one()
         opened = _Open(type(node).__name__, place_of(node), None, self._now(), state.lane)
         state.nodes.setdefault(id(node), []).append(opened)
 
@@ -298,8 +298,7 @@ class Tracer(Instrument):
         self._closed_one(state)
 
     def item_started(self, node: Node, index: int) -> None:
-        state = self._state()
-        state.count += 1
+        state = self._opened_one()
         state.items[id(node), index] = _Open(type(node).__name__, place_of(node), index, self._now(), state.lane)
 
     def attempt_started(self, node: Node, index: int | None, attempt: int) -> None:
@@ -322,8 +321,19 @@ class Tracer(Instrument):
         if opened.wait is not None:  # stopped while waiting to retry: the wait is its last slice
             self._end_wait(opened, now, outcome, error)
         else:
-            self._add(
-                "item", opened, opened.attempt, opened.start, now, outcome, error=None if error is None else repr(error)
+            self.spans.append(
+                Span(
+                    "item",
+                    opened.node,
+                    opened.place,
+                    index,
+                    opened.attempt,
+                    opened.start,
+                    now,
+                    outcome,
+                    None if error is None else repr(error),
+                    lane=opened.lane,
+                )
             )
         self._closed_one(state)
 
