@@ -1,10 +1,11 @@
 """Run one configuration once in this fresh process and print its peak memory.
 
-``python -m benchmarks.child '{"scenario": ..., "system": ..., "n": ..., "cap": ...}'``
-prints one JSON line: the peak resident set size before the run (after
-every import, so each child starts from the same baseline) and after it.
-One process per configuration, since a process's peak cannot be split
-between the runs it made.
+``python -m benchmarks.child '{"module": ..., "group": {...}, "system": ...}'``
+(as :func:`benchmarks.core.measure_in_child` calls it) imports the scenario's
+module alone, then prints one JSON line: the peak resident set size before the
+run (after every import, so each system of a group starts from the same
+baseline) and after it, and the run's seconds.  One process per configuration,
+since a process's peak cannot be split between the runs it made.
 
 On Linux the peak is ``VmHWM`` of ``/proc/self/status``: ``ru_maxrss`` is no
 good there, since it keeps the parent's peak across ``fork`` + ``exec`` (a
@@ -33,19 +34,16 @@ def maxrss_mb() -> float:
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Import every system (a common baseline), then run ``spec`` once."""
-    from . import workloads  # imports trio, asyncio, pocketflow, aiometer, trioflow
+    """Import the scenario's module (its systems: a common baseline), then run ``spec`` once."""
+    import importlib
 
+    from .core import Group, Scenario
+
+    scenario = importlib.import_module(spec["module"]).SCENARIO
+    assert isinstance(scenario, Scenario) and scenario.once is not None, spec
+    group = Group.from_json(spec["group"])
     before = maxrss_mb()
-    if spec["scenario"] == "bridge":
-        import trio
-
-        from . import bridge
-
-        trio.run(bridge.run_bridge, spec["n"])
-        seconds = None
-    else:
-        seconds, _ = workloads.time_once(spec["scenario"], spec["system"], spec["n"], spec["cap"])
+    seconds, _ = scenario.once(group, spec["system"])
     return {"before_mb": before, "peak_mb": maxrss_mb(), "seconds": seconds}
 
 
