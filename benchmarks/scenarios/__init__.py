@@ -63,10 +63,13 @@ def discover(package: str = __name__) -> Registry:
         if not isinstance(scenario, Scenario):
             broken[info.name] = f"failed: {dotted} has no SCENARIO = Scenario(...)"
             continue
-        if any(s.name == scenario.name for s, _ in found):
-            broken[info.name] = f"failed: {dotted} registers {scenario.name!r}, a name already taken"
-            continue
         found.append((scenario, dotted))
+    for name in {s.name for s, _ in found}:
+        same = [m for s, m in found if s.name == name]
+        if len(same) > 1:  # neither wins: which one was meant is for a person to say
+            for dotted in same:
+                broken[dotted.rsplit(".", 1)[1]] = f"failed: {' and '.join(same)} both register {name!r}"
+            found = [(s, m) for s, m in found if s.name != name]
     found.sort(key=lambda sm: (sm[0].order, sm[0].name))
     return Registry({s.name: s for s, _ in found}, {s.name: m for s, m in found}, broken)
 

@@ -19,7 +19,7 @@ def plan(mode: Mode) -> list[Group]:
         return Group("latency", n, cap, workloads.LATENCY_SYSTEMS, repeats, warm_n=min(n, 2 * cap))
 
     if mode == "smoke":
-        return [group(20, 10, 1)]
+        return [group(10, 10, 1)]
     if mode == "quick":
         return [group(1000, 100, 3)]
     return [group(1000, cap, 3) for cap in (10, 100)]
