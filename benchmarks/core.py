@@ -143,6 +143,7 @@ class Result:
         figures: system name to figure, in the order the table shows them.
         status: ``"ok"``; ``"not available: ..."`` (a missing optional piece: reported, not an
             error); or ``"failed: ..."`` (the runner sets it when the run raises; the exit code is 1).
+            An ``"ok"`` result with no figures shows no row (an optional part left out quietly).
         ours: the system the table's ratios are for (each other system's ratio is ours ÷ its);
             "" for no ratios.
     """
@@ -151,6 +152,17 @@ class Result:
     figures: dict[str, Figure]
     status: str = "ok"
     ours: str = "trioflow"
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON values (from an isolated group's child process)."""
+        return {"group": self.group.to_json(), "figures": {s: asdict(f) for s, f in self.figures.items()},
+                "status": self.status, "ours": self.ours}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Result:
+        """The result back from :meth:`to_json`."""
+        figures = {s: Figure(**f) for s, f in data["figures"].items()}
+        return cls(Group.from_json(data["group"]), figures, data["status"], data["ours"])
 
 
 @dataclass(frozen=True)
@@ -304,6 +316,11 @@ class Scenario:
         order: position in the table and the plot (1-4 are taken: trivial, latency, flow, bridge).
         sleep_bound: its runs mostly wait (sleeps, loopback I/O): the memory children of a group
             run all at once rather than one per core.
+        isolated: run each group in a child process of its own (:func:`run_in_child`), so what
+            it imports cannot change the scenarios that run after it.  Needed by anything that
+            imports ``trio_asyncio`` (``adapters.aio``, ``adapters.pocketflow``): once imported,
+            it makes ``asyncio.run`` build trio-asyncio loops, and every asyncio peer timed
+            later in that process runs about 8x slower.  Keep ``plan`` free of such imports.
     """
 
     name: str
@@ -320,6 +337,7 @@ class Scenario:
     labels: Mapping[str, str] = field(default_factory=dict)
     order: int = 100
     sleep_bound: bool = False
+    isolated: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -327,8 +345,14 @@ class Scenario:
         if self.once is None and self.run is None:
             raise ValueError(f"scenario {self.name!r}: give once= (timed by run_timed) or run=")
 
-    def run_group(self, group: Group, context: Context) -> Result:
-        """Run one of its groups: ``run`` if given, else :func:`run_timed` with ``once``."""
+    def run_group(self, group: Group, context: Context, *, here: bool = False) -> Result:
+        """Run one of its groups: ``run`` if given, else :func:`run_timed` with ``once``.
+
+        An ``isolated`` scenario's group runs in a child process (:func:`run_in_child`)
+        unless ``here`` is true (the child itself, or a test that does not mind the imports).
+        """
+        if self.isolated and not here:
+            return run_in_child(group, context)
         if self.run is not None:
             return self.run(group, context)
         return run_timed(self, group, context)
@@ -407,6 +431,38 @@ def measure_in_child(group: Group, system: str, *, timeout: float = 3600) -> dic
         raise RuntimeError(f"memory child for {group.label} / {system} exited {out.returncode}: "
                            f"{out.stderr.strip()[-500:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def run_in_child(group: Group, context: Context, *, timeout: float = 3600) -> Result:
+    """Run ``group`` in a fresh interpreter (``python -m benchmarks.child``) and return its :class:`Result`.
+
+    The child reports its progress as JSON lines on stderr, relayed here to
+    ``context.progress``; its other stderr lines (a traceback) are kept for the error.
+    """
+    from .scenarios import module_of
+
+    spec = {"module": module_of(group.scenario), "group": group.to_json(), "memory": context.memory}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    other: list[str] = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.child", "--group", json.dumps(spec)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as child:
+        assert child.stderr is not None and child.stdout is not None
+        for line in child.stderr:
+            event = json.loads(line) if line.startswith('{"progress"') else None
+            if event is None:
+                other.append(line)
+            elif "status" in event:
+                context.progress.status(event["status"])
+            else:
+                context.progress.advance(event["advance"])
+        out = child.stdout.read()
+        code = child.wait(timeout=timeout)
+    if code != 0:
+        raise RuntimeError(f"child process for {group.label} exited {code}: {''.join(other).strip()[-800:]}")
+    return Result.from_json(json.loads(out.strip().splitlines()[-1]))
 
 
 def fmt_n(x: float) -> str:

@@ -191,6 +191,9 @@ def _plain_ticks(ax: Any, axis: str, values: Sequence[float], log: bool, *, at_v
             subs = (1.0,) if decades > 2.5 else (1.0, 2.0, 5.0)
             first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
             ticks = [s * 10.0**e for e in range(first, last + 1) for s in subs]
+            # widen to the ticks just outside the data when they are near, so each end is labelled
+            lo_lim = min(lo_lim, max((t for t in ticks if lo / 1.5 <= t <= lo), default=lo_lim))
+            hi_lim = max(hi_lim, min((t for t in ticks if hi <= t <= hi * 1.5), default=hi_lim))
     else:
         pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
         lo_lim, hi_lim = lo - pad, hi + pad

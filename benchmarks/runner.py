@@ -247,6 +247,8 @@ def parse_args(argv: list[str] | None, names: Sequence[str]) -> argparse.Namespa
                       help="tiny sizes, a few seconds (the test suite runs this)")
     parser.add_argument("--scenario", action="append", choices=list(names), metavar="NAME",
                         help=f"run only this scenario (repeatable): {', '.join(names)}")
+    parser.add_argument("--n", action="append", type=int, metavar="N", dest="sizes",
+                        help="run only the groups of N items (repeatable), e.g. --scenario trivial --n 1000000")
     parser.add_argument("--list", action="store_true", help="list the registered scenarios and exit")
     parser.add_argument("--json", metavar="PATH", type=Path, help="write every figure, machine and versions as JSON")
     parser.add_argument("--plot", metavar="PATH", type=Path,
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for name, s in found.scenarios.items() if name in wanted]
     broken = [r for r in broken_results(found) if r.group.scenario in wanted]
     mode: Mode = args.mode
-    groups = plan(scenarios, mode, args.repeats)
+    groups = [(s, g) for s, g in plan(scenarios, mode, args.repeats) if not args.sizes or g.n in args.sizes]
     total = sum(s.count_steps(g, args.memory) for s, g in groups)
     info = environment()
     started = time.monotonic()

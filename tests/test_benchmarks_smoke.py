@@ -43,9 +43,9 @@ class Steps:
 
 
 def run_in_process(scenario: core.Scenario, mode: core.Mode = "smoke") -> tuple[list[core.Result], Steps]:
-    """Every group of ``scenario``'s plan, run here without memory children."""
+    """Every group of ``scenario``'s plan, run in this process (even an isolated one's) without memory children."""
     steps = Steps()
-    results = [scenario.run_group(group, core.Context(steps, memory=False)) for group in scenario.plan(mode)]
+    results = [scenario.run_group(group, core.Context(steps, memory=False), here=True) for group in scenario.plan(mode)]
     return results, steps
 
 
@@ -159,7 +159,6 @@ class TestEveryScenario:
         for result in results:
             assert result.status == "ok" or result.status.startswith("not available"), result.status
             if result.status == "ok":
-                assert result.figures
                 assert set(result.group.systems) <= set(result.figures)
                 for figure in result.figures.values():
                     assert figure.runs and all(t > 0 for t in figure.runs)
@@ -178,7 +177,7 @@ class TestBridgeCosts:
         """With run_pocketflow_costs, the bridge plans its group, tables it and checks the run_async target."""
         monkeypatch.setattr(benchmarks.bridge, "run_pocketflow_costs", self.costs, raising=False)
         scenario = registry().scenarios["bridge"]
-        results = [scenario.run_group(g, core.Context(Steps(), memory=False))
+        results = [scenario.run_group(g, core.Context(Steps(), memory=False), here=True)
                    for g in scenario.plan("smoke") if g.variant == "pocketflow"]
         assert [r.status for r in results] == ["ok"]
         (table,) = scenario.tables(results)
@@ -197,16 +196,30 @@ class TestBridgeCosts:
 
         monkeypatch.setattr(benchmarks.bridge, "run_pocketflow_costs", costs, raising=False)
         group = next(g for g in registry().scenarios["bridge"].plan("smoke") if g.variant == "pocketflow")
-        result = registry().scenarios["bridge"].run_group(group, core.Context(Steps(), memory=False))
+        result = registry().scenarios["bridge"].run_group(group, core.Context(Steps(), memory=False), here=True)
         assert result.status == "ok" and len(result.figures) == 2
 
     def test_bridge_without_run_pocketflow_costs_leaves_it_out(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Without run_pocketflow_costs, no group is planned and its target says "not measured"."""
+        """Without run_pocketflow_costs, its group has no rows, no table, and its target says "not measured"."""
         monkeypatch.delattr(benchmarks.bridge, "run_pocketflow_costs", raising=False)
         scenario = registry().scenarios["bridge"]
-        assert all(g.variant == "" for g in scenario.plan("full"))
-        (target,) = [t for t in scenario.targets([]) if "run_async" in t.name]
+        results = [scenario.run_group(g, core.Context(Steps(), memory=False), here=True)
+                   for g in scenario.plan("smoke") if g.variant == "pocketflow"]
+        assert [(r.status, r.figures) for r in results] == [("ok", {})]
+        assert scenario.tables(results) == []
+        (target,) = [t for t in scenario.targets(results) if "run_async" in t.name]
         assert target.met is None and "run_pocketflow_costs" in target.where
+
+    def test_bridge_runs_in_a_child_process(self) -> None:
+        """The bridge is isolated: the runner's process never imports trio_asyncio (it slows asyncio peers)."""
+        code = ("import sys; from benchmarks import runner; from benchmarks.scenarios import registry; "
+                "s = registry().scenarios['bridge']; assert s.isolated; "
+                "runner.main(['--smoke', '--scenario', 'bridge', '--no-memory']); "
+                "assert 'trio_asyncio' not in sys.modules, 'trio_asyncio imported by the runner'")
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        assert "trioflow-aio" in done.stdout
 
 
 class TestTrivialTargets:
