@@ -186,11 +186,12 @@ def _plain_ticks(ax: Any, axis: str, values: Sequence[float], log: bool, *, at_v
         if at_values and len(distinct) <= 8:
             ticks = distinct
         elif decades < 1:
-            ticks = [t for t in MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi) if t > 0]
+            ticks = [t for t in MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo / 1.5, hi) if t > 0]
         else:
             subs = (1.0,) if decades > 2.5 else (1.0, 2.0, 5.0)
             first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
             ticks = [s * 10.0**e for e in range(first, last + 1) for s in subs]
+        if not (at_values and len(distinct) <= 8):
             # widen to the ticks just outside the data when they are near, so each end is labelled
             lo_lim = min(lo_lim, max((t for t in ticks if lo / 1.5 <= t <= lo), default=lo_lim))
             hi_lim = max(hi_lim, min((t for t in ticks if hi <= t <= hi * 1.5), default=hi_lim))
