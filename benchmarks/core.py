@@ -223,6 +223,11 @@ def largest(results: Sequence[Result], system: str, pick: Callable[[Group], bool
     return max(found, key=lambda gf: gf[0].n) if found else None
 
 
+def figures_in(results: Sequence[Result], group: Group) -> dict[str, Figure]:
+    """Every system's figure in ``group`` (as :func:`largest` found it), or {} if it did not run ok."""
+    return next((r.figures for r in results if r.group == group and r.status == "ok"), {})
+
+
 @dataclass(frozen=True)
 class Panel:
     """One panel of the ``--plot`` PNG, as data; the runner draws every panel alike.
@@ -246,6 +251,36 @@ class Panel:
     log_x: bool = True
     log_y: bool = True
     reference: float | None = None
+
+
+Series = dict[str, list[tuple[float | str, float]]]
+"""A panel's points: system name to its ``(x, y)`` pairs."""
+
+
+def us_per_item(group: Group, figure: Figure) -> float:
+    """The median µs per item of ``figure`` (a :func:`series` ``y``)."""
+    return figure.median / group.n * 1e6
+
+
+def series(results: Sequence[Result], y: Callable[[Group, Figure], float | None], *,
+           x: Callable[[Group], float | str] = lambda g: g.n, pick: Callable[[Group], bool] = lambda g: True,
+           ) -> Series:
+    """The points of a :class:`Panel`: ``(x(group), y(group, figure))`` for each system of each ok result.
+
+    Only results whose group ``pick`` accepts count; a ``y`` of None leaves the point out.
+    Example, µs per item against N at cap 64::
+
+        Panel("cap 64: µs per item", series(results, us_per_item, pick=lambda g: g.cap == 64))
+    """
+    out: Series = {}
+    for result in results:
+        if result.status != "ok" or not pick(result.group):
+            continue
+        for system, figure in result.figures.items():
+            value = y(result.group, figure)
+            if value is not None:
+                out.setdefault(system, []).append((x(result.group), value))
+    return out
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ from ..core import (
     at_most,
     measure_in_child,
     not_measured,
+    series,
+    us_per_item,
 )
 
 COSTS = "pocketflow"  # the variant of the run_pocketflow_costs group
@@ -185,13 +187,9 @@ def tables(results: Sequence[Result]) -> list[ExtraTable]:
 
 def panels(results: Sequence[Result]) -> list[Panel]:
     out: list[Panel] = []
-    series: dict[str, list[tuple[float | str, float]]] = {}
-    for result in results:
-        if result.status == "ok" and result.group.variant != COSTS:
-            for system, figure in result.figures.items():
-                series.setdefault(system, []).append((result.group.n, figure.median / result.group.n * 1e6))
-    if series:
-        out.append(Panel("bridge: µs per asyncio call", series, x_label="N calls", y_label="µs per call (median)"))
+    calls = series(results, us_per_item, pick=lambda g: g.variant != COSTS)
+    if calls:
+        out.append(Panel("bridge: µs per asyncio call", calls, x_label="N calls", y_label="µs per call (median)"))
     costs = [r for r in results if r.group.variant == COSTS and r.status == "ok" and r.figures]
     if costs:
         last = max(costs, key=lambda r: r.group.n)

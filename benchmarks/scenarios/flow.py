@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import workloads
-from ..core import Group, Mode, Panel, Result, Scenario
+from ..core import Group, Mode, Panel, Result, Scenario, series, us_per_item
 
 
 def plan(mode: Mode) -> list[Group]:
@@ -32,14 +32,10 @@ def panels(results: Sequence[Result]) -> list[Panel]:
     """µs per param set against N, one panel per cap."""
     out: list[Panel] = []
     for cap in sorted({r.group.cap for r in results}, key=lambda c: (c is not None, c or 0)):
-        series: dict[str, list[tuple[float | str, float]]] = {}
-        for result in results:
-            if result.group.cap == cap and result.status == "ok":
-                for system, figure in result.figures.items():
-                    series.setdefault(system, []).append((result.group.n, figure.median / result.group.n * 1e6))
-        if series:
+        points = series([r for r in results if r.group.cap == cap], us_per_item)
+        if points:
             name = "no cap" if cap is None else f"cap {cap}"
-            out.append(Panel(f"batch flow, {name}: µs per param set", series, x_label="N param sets",
+            out.append(Panel(f"batch flow, {name}: µs per param set", points, x_label="N param sets",
                              y_label="µs per param set (median)"))
     return out
 

@@ -11,7 +11,20 @@ import math
 from collections.abc import Sequence
 
 from .. import workloads
-from ..core import Context, Figure, Group, Mode, Panel, Result, Scenario, Target, at_most, largest, run_timed
+from ..core import (
+    Context,
+    Figure,
+    Group,
+    Mode,
+    Panel,
+    Result,
+    Scenario,
+    Target,
+    at_most,
+    largest,
+    run_timed,
+    series,
+)
 
 
 def plan(mode: Mode) -> list[Group]:
@@ -54,18 +67,11 @@ def targets(results: Sequence[Result]) -> list[Target]:
 
 def panels(results: Sequence[Result]) -> list[Panel]:
     """Wall time ÷ ideal per cap, a bar per system (the ideal is 1)."""
-    series: dict[str, list[tuple[float | str, float]]] = {}
-    for result in results:
-        if result.status != "ok":
-            continue
-        limit = ideal(result.group)
-        for system, figure in result.figures.items():
-            if system != "ideal":
-                series.setdefault(system, []).append((f"N={result.group.n:,}, cap {result.group.cap}",
-                                                      figure.median / limit))
-    if not series:
+    points = series(results, lambda g, f: None if f.note == "computed" else f.median / ideal(g),
+                    x=lambda g: f"N={g.n:,}, cap {g.cap}")
+    if not points:
         return []
-    return [Panel(f"latency ({workloads.LATENCY * 1000:g} ms per item): wall time ÷ ideal", series,
+    return [Panel(f"latency ({workloads.LATENCY * 1000:g} ms per item): wall time ÷ ideal", points,
                   x_label="", y_label="wall time ÷ ideal", log_y=False, reference=1.0)]
 
 

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 from .. import workloads
 from ..core import (
-    Figure,
     Group,
     Mode,
     Panel,
@@ -30,8 +29,11 @@ from ..core import (
     at_least,
     at_most,
     cpu_ratio,
+    figures_in,
     largest,
     ratio,
+    series,
+    us_per_item,
 )
 
 FLOOR = "trio-lean"
@@ -77,8 +79,7 @@ def targets(results: Sequence[Result]) -> list[Target]:
     if tf is not None:
         group, ours = tf
         where = f"trivial, N={group.n:,}, cap {FLOOR_CAP}"
-        same = [r for r in results if r.group == group and r.status == "ok"]
-        figures: dict[str, Figure] = same[0].figures if same else {}
+        figures = figures_in(results, group)
         floor, pf = figures.get(FLOOR), figures.get("pocketflow")
         if floor is not None:
             out.append(at_most("time vs the leanest Trio pool (the floor)", ratio(ours, floor), 1.1, where,
@@ -96,7 +97,7 @@ def targets(results: Sequence[Result]) -> list[Target]:
     tf_none = largest(results, "trioflow", lambda g: g.cap is None)
     if tf_none is not None:
         group, ours = tf_none
-        raw = next((r.figures.get("trio-nursery") for r in results if r.group == group), None)
+        raw = figures_in(results, group).get("trio-nursery")
         if raw is not None:
             out.append(at_most("no cap: time vs raw Trio nursery", ratio(ours, raw), 1.3,
                                f"trivial, N={group.n:,}, no cap", cpu=cpu_ratio(ours, raw)))
@@ -109,15 +110,9 @@ def panels(results: Sequence[Result]) -> list[Panel]:
     caps = {r.group.cap for r in results if r.group.cap is not None}
     shown = FLOOR_CAP if FLOOR_CAP in caps or not caps else max(caps)
     for cap in (shown, None):
-        times: dict[str, list[tuple[float | str, float]]] = {}
-        peaks: dict[str, list[tuple[float | str, float]]] = {}
-        for result in results:
-            if result.group.cap != cap or result.status != "ok":
-                continue
-            for system, figure in result.figures.items():
-                times.setdefault(system, []).append((result.group.n, figure.median / result.group.n * 1e6))
-                if figure.peak_mb is not None:
-                    peaks.setdefault(system, []).append((result.group.n, figure.peak_mb))
+        at_cap = [r for r in results if r.group.cap == cap]
+        times = series(at_cap, us_per_item)
+        peaks = series(at_cap, lambda g, f: f.peak_mb)
         name = f"trivial, cap {cap}" if cap is not None else "trivial, no cap"
         if times:
             out.append(Panel(f"{name}: µs per item", times))
