@@ -35,7 +35,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -418,7 +418,7 @@ def run_timed(scenario: Scenario, group: Group, context: Context) -> Result:
     figures = {system: Figure() for system in systems}
     for system in systems:
         progress.status(f"{group.label}: warm-up {system}")
-        once(_resized(group, group.warm_size), system)  # discarded
+        once(replace(group, n=group.warm_size), system)  # discarded
         progress.advance()
     for rep in range(group.repeats):
         order = systems[rep % len(systems):] + systems[: rep % len(systems)]
@@ -440,11 +440,6 @@ def run_timed(scenario: Scenario, group: Group, context: Context) -> Result:
                 figures[system].delta_mb = got["peak_mb"] - got["before_mb"]
                 progress.advance()
     return Result(group, figures)
-
-
-def _resized(group: Group, n: int) -> Group:
-    return Group(group.scenario, n, group.cap, group.systems, group.repeats, group.variant, group.params,
-                 group.warm_n)
 
 
 def measure_in_child(group: Group, system: str, *, timeout: float = 3600) -> dict[str, Any]:
