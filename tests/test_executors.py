@@ -30,6 +30,9 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 VIAS = ("ParallelBatchNode", "parallel_map")
+#: The scheduler's web server (dashboard, /metrics) on a free loopback port: with None it takes
+#: port 8787 (its default, and busy when another cluster runs), and it never leaves loopback.
+LOOPBACK = "127.0.0.1:0"
 
 
 async def batch(via: str, fn: Callable[[Any], Any], items: Any, **options: Any) -> list[Any]:
@@ -370,7 +373,13 @@ def client() -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, processes=True)
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=LOOPBACK,
+            scheduler_kwargs={"dashboard": False},
+        )
         with cluster, Client(cluster) as client:
             yield client
 
