@@ -449,10 +449,10 @@ class Dask:
     def bind(self, owner: str, fn: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
         """``fn`` as one Dask task per attempt; the node is pickled (and checked) here, once.
 
-        The client's own event loop (a thread of the client) waits for each
-        future and gathers its result; ``loop.add_callback`` is how work gets
-        there from the Trio thread, ``TrioToken.run_sync_soon`` how the
-        result comes back.
+        Each attempt crosses to the client's event loop (a thread of the
+        client) once, with ``loop.add_callback``: there it is submitted, its
+        result gathered and its future released; the result comes back with
+        ``TrioToken.run_sync_soon``.  No thread waits per future.
         """
         import distributed
 
@@ -461,54 +461,75 @@ class Dask:
         loop = client.loop
         killed = distributed.KilledWorker
 
-        async def gathered(future: Any, deliver: Callable[[outcome.Outcome[Any]], None]) -> None:  # on the loop
+        async def on_loop(attempt: _DaskAttempt, job: bytes, key: str) -> None:
+            if attempt.dropped:  # cancelled before it was sent
+                return
+            future = attempt.future = client.submit(run_shipped, shipped, job, key=key, pure=False)
             try:
                 result: outcome.Outcome[Any] = outcome.Value(await client.gather(future, asynchronous=True))
             except Exception as exc:
                 result = outcome.Error(exc)
             except BaseException:  # the client's loop is closing: the Trio side hears of a lost task
-                deliver(outcome.Error(FutureCancelled(f"the Dask client closed under {future.key}")))
+                attempt.deliver(outcome.Error(FutureCancelled(f"the Dask client closed under {key}")))
                 raise
             finally:
                 future.release()  # queues the release on this loop...
             # ...so the Trio task hears of the result after it: never one future too many.
-            loop.add_callback(deliver, result)
+            loop.add_callback(attempt.deliver, result)
 
-        async def dropped(future: Any) -> None:  # on the loop
-            try:
-                await client.cancel([future], asynchronous=True, force=True)
-            finally:
-                future.release()
+        async def dropped(attempt: _DaskAttempt) -> None:  # on the loop, after on_loop started
+            attempt.dropped = True
+            future = attempt.future
+            if future is not None:
+                try:
+                    await client.cancel([future], asynchronous=True, force=True)
+                finally:
+                    future.release()
 
         async def on_cluster(item: Any) -> Any:
             job = pack(owner, item, attempt_var.get())
-            future = client.submit(run_shipped, shipped, job, key=f"{owner}-{uuid.uuid4().hex}", pure=False)
-            token = trio.lowlevel.current_trio_token()
-            done = trio.Event()
-            box: list[outcome.Outcome[Any]] = []
-
-            def arrived(result: outcome.Outcome[Any]) -> None:  # in the Trio thread
-                box.append(result)
-                done.set()
-
-            def deliver(result: outcome.Outcome[Any]) -> None:  # on the client's loop
-                try:
-                    token.run_sync_soon(arrived, result)
-                except trio.RunFinishedError:  # the run is over: nobody waits for this result
-                    pass
-
-            loop.add_callback(gathered, future, deliver)
+            key = f"{owner}-{uuid.uuid4().hex}"
+            attempt = _DaskAttempt(trio.lowlevel.current_trio_token())
+            loop.add_callback(on_loop, attempt, job, key)
             try:
-                await done.wait()
+                await attempt.done.wait()
             except BaseException:
-                # Cancelled: the task goes from the scheduler; the gather then ends by itself.
-                loop.add_callback(dropped, future)
+                # Cancelled: the task goes from the scheduler; its gather then ends by itself.
+                loop.add_callback(dropped, attempt)
                 raise
             try:
-                return box[0].unwrap()
+                return attempt.result.unwrap()  # type: ignore[union-attr]
             except killed as exc:
                 raise WorkerDiedError(f"{owner}: Dask lost the workers running exec ({exc})") from exc
             except FutureCancelled as exc:
-                raise WorkerDiedError(f"{owner}: the Dask task {future.key} was cancelled on the cluster") from exc
+                raise WorkerDiedError(f"{owner}: the Dask task {key} was cancelled on the cluster") from exc
 
         return on_cluster
+
+
+class _DaskAttempt:
+    """One attempt on Dask, shared by the Trio task and the client's loop.
+
+    ``future`` and ``dropped`` are touched on the loop only; ``result`` and
+    ``done`` in the Trio thread only (``deliver`` hops there).
+    """
+
+    __slots__ = ("done", "dropped", "future", "result", "token")
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self.token = token
+        self.done = trio.Event()
+        self.future: Any = None
+        self.dropped = False
+        self.result: outcome.Outcome[Any] | None = None
+
+    def deliver(self, result: outcome.Outcome[Any]) -> None:
+        """On the client's loop: hand ``result`` to the Trio task (dropped if the run is over)."""
+        try:
+            self.token.run_sync_soon(self._arrived, result)
+        except trio.RunFinishedError:  # nobody waits for this result any more
+            pass
+
+    def _arrived(self, result: outcome.Outcome[Any]) -> None:
+        self.result = result
+        self.done.set()
