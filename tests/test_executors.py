@@ -492,6 +492,17 @@ class TestDask:
         assert isinstance(error, WorkerDiedError)
         await trio.to_thread.run_sync(functools.partial(client.wait_for_workers, 2, timeout=30))
 
+    async def test_Dask_closed_client_fails_the_items_rather_than_hanging(self, client: Any) -> None:
+        """An attempt on a client that was closed fails with the client's error, promptly."""
+        from distributed import Client
+        from distributed.client import ClosedClientError
+
+        closed = await trio.to_thread.run_sync(Client, client.scheduler.address)
+        await trio.to_thread.run_sync(closed.close)
+        with trio.fail_after(10), pytest.raises(trioflow.BatchError) as caught:
+            await trioflow.parallel_map(remote.square, [1, 2], max_concurrency=2, executor=Dask(closed))
+        assert [type(leaf) for leaf in leaves(caught.value)] == [ClosedClientError]
+
     async def test_Dask_runs_a_ParallelBatchFlow_grid(self, client: Any) -> None:
         """The image x filter grid with its filter node on Dask gives the pixels of an inline run."""
         results = {}

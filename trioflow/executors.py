@@ -460,11 +460,16 @@ class Dask:
         client = self.client
         loop = client.loop
         killed = distributed.KilledWorker
+        closed = distributed.client.ClosedClientError
 
         async def on_loop(attempt: _DaskAttempt, job: bytes, key: str) -> None:
             if attempt.dropped:  # cancelled before it was sent
                 return
-            future = attempt.future = client.submit(run_shipped, shipped, job, key=key, pure=False)
+            try:
+                future = attempt.future = client.submit(run_shipped, shipped, job, key=key, pure=False)
+            except Exception as exc:  # a closed client, say: the attempt fails, it does not hang
+                attempt.deliver(outcome.Error(exc))
+                return
             try:
                 result: outcome.Outcome[Any] = outcome.Value(await client.gather(future, asynchronous=True))
             except Exception as exc:
@@ -487,6 +492,8 @@ class Dask:
                     future.release()
 
         async def on_cluster(item: Any) -> Any:
+            if client.status not in _OPEN:  # its loop may be gone: nothing sent there would ever answer
+                raise closed(f"{owner}: the Dask client is {client.status}; its attempts cannot be sent")
             job = pack(owner, item, attempt_var.get())
             key = f"{owner}-{uuid.uuid4().hex}"
             attempt = _DaskAttempt(trio.lowlevel.current_trio_token())
@@ -505,6 +512,10 @@ class Dask:
                 raise WorkerDiedError(f"{owner}: the Dask task {key} was cancelled on the cluster") from exc
 
         return on_cluster
+
+
+#: A Dask client's statuses in which its loop runs.
+_OPEN = frozenset({"newly-created", "connecting", "running"})
 
 
 class _DaskAttempt:
