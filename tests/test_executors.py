@@ -178,32 +178,26 @@ class TestThreads:
         assert running.peak == 1
 
     async def test_Threads_max_workers_bounds_nodes_that_share_it(self) -> None:
-        """Two batches sharing ``Threads(max_workers=3)`` run at most 3 calls at once between them."""
+        """Two batches sharing ``Threads(max_workers=3)`` run exactly 3 calls at once between them (a barrier of 3)."""
         running = remote.Concurrency()
+        barrier = threading.Barrier(3, timeout=10)
         shared_pool = Threads(max_workers=3)
-        gate = threading.Semaphore(0)
 
         def blocking(item: int) -> int:
             with running:
-                gate.acquire(timeout=10)
+                barrier.wait()  # raises BrokenBarrierError unless 3 calls are in at once
             return item
 
-        async def release_all() -> None:
-            for _ in range(20):
-                await trio.to_thread.run_sync(time.sleep, 0.01)  # give the threads time to pile up
-                gate.release()
+        results: dict[int, list[Any]] = {}
+
+        async def one(slot: int) -> None:
+            results[slot] = await batch("ParallelBatchNode", blocking, list(range(6)), executor=shared_pool)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(release_all)
-            results = [None, None]
-
-            async def one(slot: int) -> None:
-                results[slot] = await batch("ParallelBatchNode", blocking, list(range(10)), executor=shared_pool)
-
             nursery.start_soon(one, 0)
             nursery.start_soon(one, 1)
-        assert results == [list(range(10))] * 2
-        assert running.peak <= 3
+        assert results == {0: list(range(6)), 1: list(range(6))}
+        assert running.peak == 3
 
     async def test_Threads_cur_retry_is_the_attempt_in_the_thread(self) -> None:
         """``self.cur_retry`` inside a threaded exec is that attempt's number; a retried item gets attempt 1."""
