@@ -23,6 +23,7 @@ import trio
 import trio.testing
 
 import trioflow
+from benchmarks.scenarios._dask import local_cluster, plain_asyncio_loops
 from tests import remote
 from trioflow.executors import Dask, Inline, Processes, Threads, WorkerDiedError
 
@@ -30,9 +31,6 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 VIAS = ("ParallelBatchNode", "parallel_map")
-#: The scheduler's web server (dashboard, /metrics) on a free loopback port: with None it takes
-#: port 8787 (its default, and busy when another cluster runs), and it never leaves loopback.
-LOOPBACK = "127.0.0.1:0"
 
 
 async def batch(via: str, fn: Callable[[Any], Any], items: Any, **options: Any) -> list[Any]:
@@ -364,18 +362,12 @@ def client() -> Iterator[Any]:
     ``allowed-failures`` 0: a task whose worker dies is failed at once (``KilledWorker``), not resubmitted by Dask.
     """
     import dask
-    from distributed import Client, LocalCluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=LOOPBACK,
-            scheduler_kwargs={"dashboard": False},
-        )
-        with cluster, Client(cluster) as client:
-            yield client
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        local_cluster(2, scheduler_kwargs={"dashboard": False}) as client,
+    ):
+        yield client
 
 
 def _tasks_of(prefix: str, dask_scheduler: Any = None) -> int:
@@ -491,7 +483,8 @@ class TestDask:
         from distributed import Client
         from distributed.client import ClosedClientError
 
-        closed = await trio.to_thread.run_sync(Client, client.scheduler.address)
+        with plain_asyncio_loops():
+            closed = await trio.to_thread.run_sync(Client, client.scheduler.address)
         await trio.to_thread.run_sync(closed.close)
         with trio.fail_after(10), pytest.raises(trioflow.BatchError) as caught:
             await trioflow.parallel_map(remote.square, [1, 2], max_concurrency=2, executor=Dask(closed))

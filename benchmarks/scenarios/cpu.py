@@ -51,16 +51,13 @@ from ..core import (
     ratio,
     run_timed,
     series,
-    timed_steps,
 )
+from ._dask import local_cluster
 
 SYSTEMS = ("processes", "dask", "threads", "inline", "pocketflow", "process-pool")
 OURS = "processes"
 FILTERS = ("blur", "sharpen", "edges", "median")
 WORKERS = 2
-#: The scheduler's web server (dashboard, /metrics) on a free loopback port: with None it takes
-#: port 8787 (its default, and busy when another cluster runs), and it never leaves loopback.
-LOOPBACK = "127.0.0.1:0"
 
 
 # -- the pixel work ------------------------------------------------------------------
@@ -226,12 +223,7 @@ def resources(systems: Sequence[str]) -> Iterator[dict[str, Any]]:
         if "processes" in systems:
             made["processes"] = Processes(max_workers=WORKERS)
         if "dask" in systems:
-            from distributed import Client, LocalCluster
-
-            cluster = stack.enter_context(
-                LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=LOOPBACK)
-            )
-            made["client"] = stack.enter_context(Client(cluster))
+            made["client"] = stack.enter_context(local_cluster(WORKERS))
         yield made
 
 
@@ -279,10 +271,10 @@ def once(group: Group, system: str) -> tuple[float, float]:
 
 
 def run(group: Group, context: Context) -> Result:
-    """The group's resources started once, then :func:`run_timed` (no memory children: not a target here)."""
+    """The group's resources started once, then :func:`run_timed` (a memory child starts its own)."""
     with resources(group.systems) as made:
         here = replace(SCENARIO, once=lambda g, s: timed(g, s, made))
-        result = run_timed(here, group, Context(context.progress, memory=False))
+        result = run_timed(here, group, context)
     result.ours = OURS
     return result
 
@@ -339,7 +331,6 @@ SCENARIO = Scenario(
     plan=plan,
     once=once,
     run=run,
-    steps=lambda group, memory: timed_steps(group, False),
     targets=targets,
     panels=panels,
     labels={

@@ -49,15 +49,12 @@ from ..core import (
     ratio,
     run_timed,
     series,
-    timed_steps,
     us_per_item,
 )
+from ._dask import local_cluster
 
 SYSTEMS = ("trioflow", "submit-loop")
 GROWTH_SLACK_MB = 10.0
-#: The scheduler's web server (dashboard, /metrics) on a free loopback port: with None it takes
-#: port 8787 (its default, and busy when another cluster runs), and it never leaves loopback.
-LOOPBACK = "127.0.0.1:0"
 
 
 def rss_mb() -> float:
@@ -146,17 +143,9 @@ def submit_loop(client: Any, n: int, cap: int, samples: Samples) -> list[int]:
     return results
 
 
-@contextlib.contextmanager
-def cluster(group: Group) -> Iterator[Any]:
+def cluster(group: Group) -> contextlib.AbstractContextManager[Any]:
     """A LocalCluster of 2 single-threaded workers (worker processes, or threads for the smoke run) and its client."""
-    from distributed import Client, LocalCluster
-
-    processes = bool(group.params.get("processes", True))
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=LOOPBACK) as local,
-        Client(local) as client,
-    ):
-        yield client
+    return local_cluster(2, processes=bool(group.params.get("processes", True)))
 
 
 def timed(group: Group, system: str, client: Any) -> tuple[float, float, Samples]:
@@ -200,7 +189,7 @@ def run(group: Group, context: Context) -> Result:
                 mine["rss_growth_mb"] = max(mine["rss_growth_mb"], samples.peak - samples.before)
             return wall, cpu
 
-        result = run_timed(replace(SCENARIO, once=sampled), group, Context(context.progress, memory=False))
+        result = run_timed(replace(SCENARIO, once=sampled), group, context)
     for system, extra in worst.items():
         result.figures[system].extra.update(extra)
     return result
@@ -266,7 +255,6 @@ SCENARIO = Scenario(
     plan=plan,
     once=once,
     run=run,
-    steps=lambda group, memory: timed_steps(group, False),
     targets=targets,
     tables=tables,
     panels=panels,
