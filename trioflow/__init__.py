@@ -7,6 +7,7 @@ bounded, cancellation-safe worker pool that keeps input order.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import trio
@@ -45,14 +46,20 @@ __all__ = [
 ]
 
 
-def run(flow_or_node: Node, shared: Any) -> str | None:
+def run(flow_or_node: Node, shared: Any, *, store: Any = None, run_id: str | None = None) -> str | None:
     """Run a flow or node to completion from synchronous code (``trio.run``); return its action.
+
+    With ``store`` (a path to a SQLite file, or a :class:`trioflow.store.SQLiteStore`)
+    the run is durable: see :meth:`Node.run`.
 
     Example::
 
         shared = {"text": doc, "languages": ["fr", "de", "ja"]}
         trioflow.run(translation_flow, shared)
+        trioflow.run(translation_flow, shared, store="runs.db", run_id="translate")  # resumable
     """
     if not isinstance(flow_or_node, Node):
         raise TypeError(f"trioflow.run needs a trioflow Node or Flow, not {flow_or_node!r}")
-    return trio.run(flow_or_node.run, shared)
+    if store is None and run_id is None:
+        return trio.run(flow_or_node.run, shared)
+    return trio.run(functools.partial(flow_or_node.run, shared, store=store, run_id=run_id))

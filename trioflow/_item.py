@@ -42,7 +42,7 @@ from . import _instrument
 if TYPE_CHECKING:
     from ._node import Node
 
-__all__ = ["MISSING", "Admission", "Hold", "ItemRunner", "Rate", "Recorder", "attempts"]
+__all__ = ["MISSING", "Admission", "Hold", "ItemRunner", "Pending", "Rate", "Recorder", "attempts"]
 
 #: What a :class:`Recorder` returns for an item it has no result for.
 MISSING: Any = object()
@@ -65,13 +65,60 @@ def is_awaitable(value: Any) -> bool:
 
 
 class Recorder(Protocol):
-    """The store's side of one batch: results recorded by an earlier run, and new ones."""
+    """The store's side of one batch (:class:`trioflow._durable.Recorder`): results recorded by an
+    earlier run, and the record of new ones.  ``lookup`` computes the item's key once; the
+    other calls refer to the item by its index."""
 
     def lookup(self, index: int, item: Any) -> Any:
-        """The recorded result of ``item`` (at ``index``), or :data:`MISSING`."""
+        """The recorded result of ``item`` (at ``index``), :data:`MISSING` (compute it), or a
+        :class:`Pending` (the same item is being computed by another index of the batch)."""
 
     def record(self, index: int, item: Any, value: Any) -> None:
         """Keep the result of ``item``; must not block (the store writes it later)."""
+
+    def settle(self, index: int, error: BaseException | None) -> None:
+        """Item ``index`` is over: failed with ``error``, cancelled, or (None) done (recorded, or
+        its fallback's value stood in)."""
+
+    def replayed(self) -> bool:
+        """Count a replayed item; True when the batch should yield to Trio (now and then)."""
+
+    def enter(self, index: int) -> Any:
+        """Item ``index`` starts running; returns a token for :meth:`leave`."""
+
+    def leave(self, token: Any) -> None:
+        """The item that :meth:`enter` returned ``token`` for has stopped running."""
+
+    def backlogged(self) -> bool:
+        """Whether the store is so far behind that a new item should wait (:meth:`wait_for_room`)."""
+
+    async def wait_for_room(self) -> None:
+        """Wait until the store has caught up."""
+
+    def finished(self) -> None:
+        """The batch went through all its items."""
+
+
+class Pending:
+    """A result not there yet: an item whose key is being computed by another item of its batch.
+
+    ``await pending.wait()`` returns the result, or :data:`MISSING` if the
+    other item failed (then this one runs for itself).
+    """
+
+    __slots__ = ("event", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = MISSING
+
+    def set(self, value: Any) -> None:
+        self.value = value
+        self.event.set()
+
+    async def wait(self) -> Any:
+        await self.event.wait()
+        return self.value
 
 
 # -- admit -----------------------------------------------------------------------
@@ -385,10 +432,12 @@ class ItemRunner:
         self.fast_async = self.fast and inspect.iscoroutinefunction(call)
 
     def record_result(self, index: int | None, item: Any, value: Any, record: Callable[[Any], None]) -> None:
-        """The record stage for a value ``exec`` returned: the caller's slot, then the store."""
+        """The record stage for a value ``exec`` returned: the store (which may refuse a value it
+        cannot keep, failing the item), then the caller's slot.  A plain node's ``exec``
+        (``index`` None) is its batch's item 0."""
+        if self.recorder is not None:
+            self.recorder.record(0 if index is None else index, item, value)
         record(value)
-        if self.recorder is not None and index is not None:
-            self.recorder.record(index, item, value)
 
     async def run(self, index: int, item: Any, hold: Hold, record: Callable[[int, Any], None]) -> None:
         """Take item ``index`` through its life; ``record(index, value)`` gets its result.
@@ -396,13 +445,28 @@ class ItemRunner:
         Raises:
             Exception: the item failed for good (after its retries and fallback).
         """
-        if self.recorder is not None:
-            done = self.recorder.lookup(index, item)
-            if done is not MISSING:
-                record(index, done)
-                return
+        recorder = self.recorder
         attached = self.attached
         node = self.event_node
+        if recorder is not None:
+            # -- done before? A replayed item emits item_finished only (exec is not called).
+            done = recorder.lookup(index, item)
+            while isinstance(done, Pending):  # a duplicate in flight: wait for it, holding no place
+                if self.admission is not None:
+                    self.admission.exit(hold)
+                done = await done.wait()
+                if done is MISSING:  # it failed: this one tries for itself
+                    done = recorder.lookup(index, item)
+            if done is not MISSING:
+                record(index, done)
+                if attached is not None:
+                    attached.emit("item_finished", node, index, None, done)
+                if recorder.replayed():
+                    await trio.lowlevel.checkpoint()
+                return
+            if recorder.backlogged():
+                await recorder.wait_for_room()
+            place = recorder.enter(index)
         value: Any = None
 
         def keep(result: Any) -> None:
@@ -418,9 +482,15 @@ class ItemRunner:
             else:
                 await attempts(self, index, item, hold, keep)
         except BaseException as exc:
+            if recorder is not None:
+                recorder.leave(place)
+                recorder.settle(index, exc)
             if attached is not None:
                 attached.emit("item_finished", node, index, exc, None)
             raise
+        if recorder is not None:
+            recorder.leave(place)
+            recorder.settle(index, None)
         if attached is not None:
             attached.emit("item_finished", node, index, None, value)
 

@@ -12,8 +12,8 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 import trio
 
-from . import _instrument
-from ._item import Admission, Hold, ItemRunner, attempt_var, attempts, has_policy
+from . import _durable, _instrument
+from ._item import MISSING, Admission, Hold, ItemRunner, Pending, attempt_var, attempts, has_policy
 
 __all__ = ["Node"]
 
@@ -317,13 +317,51 @@ class Node:
 
     # -- running -----------------------------------------------------------------
 
-    async def run(self, shared: Any) -> str | None:
-        """Run this node alone (its successors are not run) and return its action."""
+    async def run(self, shared: Any, *, store: Any = None, run_id: str | None = None) -> str | None:
+        """Run this node (a flow: its graph) and return its action; a plain node's successors are not run.
+
+        Args:
+            shared: the state the nodes read and write (a dict, for a durable flow).
+            store: makes the run durable: a path (a SQLite file,
+                :class:`trioflow.store.SQLiteStore`) or a store object.  Each finished
+                batch item's result and each finished flow step is recorded under
+                ``run_id``; run it again after a crash, a Ctrl-C or a failure and it
+                restores ``shared`` to the last finished step and runs only what is
+                left.  Nested flows and nodes use the run's store.
+            run_id: the name of the run in the store (default: this node's class name).
+                One process at a time may run it (:class:`trioflow.store.LeaseError`).
+
+        Example::
+
+            await flow.run(shared, store="runs.db", run_id="nightly")  # killed halfway? run it again
+        """
         if self.successors:
             warnings.warn(f"{node_name(self)} won't run successors. Use Flow.", UserWarning, stacklevel=2)
         # A public async API, so a full checkpoint whatever the node's methods do.
         await trio.lowlevel.checkpoint()
+        if store is not None or run_id is not None:
+            return await _durable.run_durable(self, shared, store, run_id)
+        if _durable.current() is not None:
+            return await _durable.run_nested(self, shared)
         return await self._step(shared)
+
+    def item_key(self, item: Any) -> str:
+        """The identity of ``item`` across runs, for a durable run's store (a batch item, a batch
+        flow's param set, a plain node's ``prep`` result).
+
+        The default is the item's canonical JSON (keys sorted), or a hash of it when
+        long; an item that is not JSON is an error that points here.  Override it to
+        key items by what identifies them (never by their position alone: an
+        insertion would shift every key)::
+
+            def item_key(self, doc):
+                return doc.id
+
+        The node's place in the graph and its ``version`` are added to the key by the store.
+        """
+        return _durable.canonical_key(item)
+
+    item_key._trioflow_default = True  # type: ignore[attr-defined]  # tells the default apart, cheaply
 
     def _step(self, shared: Any) -> Awaitable[str | None]:
         """``_run`` with the node events, as a flow runs each step (the caller checkpoints).
@@ -365,7 +403,7 @@ class Node:
         def exec`` is handed back as it is: awaiting it is all the policy would
         do.  Everything else goes through the one retry core, :func:`._item.attempts`.
         """
-        if self.executor is None and attempt_var.get() == 0 and not has_policy(self):
+        if self.executor is None and attempt_var.get() == 0 and not has_policy(self) and _durable.current() is None:
             result = self.exec(prep_res)
             if _is_awaitable(result):
                 return result  # type: ignore[no-any-return]
@@ -374,14 +412,37 @@ class Node:
 
     async def _exec_attempts(self, prep_res: Any) -> Any:
         throttle = self.throttle
-        runner = ItemRunner(self, self.exec, admission=Admission(throttle=throttle) if throttle else None)
+        # In a durable run, exec's result is recorded as the one item of a batch, keyed by prep_res.
+        recorder = None
+        if _durable.current() is not None and type(self).exec is not Node.exec:
+            recorder = await _durable.recorder_for(self, "prep result")
+        if recorder is not None:
+            done = recorder.lookup(0, prep_res)
+            while isinstance(done, Pending):
+                done = await done.wait()
+                if done is MISSING:
+                    done = recorder.lookup(0, prep_res)
+            if done is not MISSING:
+                recorder.finished()
+                await trio.lowlevel.checkpoint()
+                return done
+        runner = ItemRunner(
+            self, self.exec, admission=Admission(throttle=throttle) if throttle else None, recorder=recorder
+        )
         hold = Hold()
         box: list[Any] = []
         try:
             await attempts(runner, None, prep_res, hold, box.append)
+        except BaseException as exc:
+            if recorder is not None:
+                recorder.settle(0, exc)
+            raise
         finally:
             if runner.admission is not None:
                 runner.admission.exit(hold)
+        if recorder is not None:
+            recorder.settle(0, None)
+            recorder.finished()
         return box[0]
 
 

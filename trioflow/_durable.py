@@ -1,0 +1,741 @@
+"""The engine side of durable runs: the "done before?" and "record" stages, and flow steps.
+
+::
+
+    pull item ─► done before? (Recorder.lookup) ─► admit ─► run exec ─► record (Recorder.record)
+
+A run given a store (``await flow.run(shared, store=..., run_id=...)``) opens a
+:class:`Session`, held in a context variable so that every nested flow, node
+and worker task sees it, as instruments are seen.  The session owns a
+:class:`Journal`: the one writer thread that owns the store's connection and
+commits what the run appends, every :data:`FLUSH_SECONDS` or
+:data:`FLUSH_ROWS` records, in one transaction each.  Appending is a
+``deque.append`` (no await, no lock), so recording costs an item a pickle and
+an append.
+
+What is recorded, and when:
+
+- a batch item's result, the moment ``exec`` returns it (:class:`Recorder`),
+  under the batch's place in the graph, its ``Node.version`` and the item's
+  key (``item_key(item)``); a batch flow's run of its sub-flow likewise (the
+  run's last action), under its param set's key;
+- a plain node's ``exec`` result, as a batch of one item keyed by its ``prep`` result;
+- an item that failed for good: a failure row (the error's text), never a
+  result, so a resumed run tries it again; with ``on_error="collect"`` too, and
+  for an item whose ``exec_fallback`` stood in;
+- each finished flow step (:class:`FlowWalk`): the flow's place, the step's
+  number in the walk, the node's place, the action, and the top-level keys of
+  ``shared`` that changed since the last recorded step (pickled one by one).
+
+A resumed run (the last generation of ``run_id`` did not finish) applies the
+recorded steps' changes to ``shared``, skips each recorded step when its walk
+reaches it (taking the recorded action) and continues at the successor of the
+last one; a batch skips its recorded items (``exec`` is not called) and runs
+the rest, and ``post`` gets every result in input order.  A finished run run
+again starts its next generation: every step runs, every unchanged item is
+replayed from the store.
+
+A place is a path of segments: the top-level node's class name, then per flow
+level the step's id in that flow's graph (``Summarize_1``, as
+:meth:`Flow.to_mermaid` numbers it; ``Summarize_1@2`` for the second visit in
+one walk) and, inside an item, ``[key]`` (a batch flow's sub-run is at
+``Grid_1[{"filter":"blur"}]``, never at its position alone).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+import hashlib
+import json
+import pickle
+import threading
+import time
+from collections.abc import Callable, Mapping, MutableMapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import outcome
+import trio
+
+from ._errors import add_note
+from ._item import MISSING, Pending
+
+if TYPE_CHECKING:
+    from ._node import Node
+    from .store import Connection, Lease, Store
+
+#: The writer commits what is queued at least this often (seconds)...
+FLUSH_SECONDS = 0.05
+#: ...and as soon as this many records are queued; one commit writes at most this many.
+FLUSH_ROWS = 4096
+#: Queued and uncommitted records at which a new item waits before it runs (memory stays bounded
+#: when the disk is slower than the run; what a crash can lose stays about one window).
+MAX_BACKLOG = 2 * FLUSH_ROWS
+#: Seconds a lease lasts unless renewed; the writer renews it every quarter of that.
+LEASE_SECONDS = 60.0
+#: A batch replaying recorded items yields to Trio once per this many (a power of two).
+REPLAY_CHECKPOINT = 512
+#: An item key is the item's canonical JSON when at most this long, else ``~`` and a hash of it.
+KEY_TEXT_MAX = 64
+
+_session: contextvars.ContextVar[Session | None] = contextvars.ContextVar("trioflow_durable", default=None)
+_place: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("trioflow_durable_place", default=())
+
+#: The durable run the running code is part of, or None (the fast path: one context-variable read).
+current = _session.get
+
+
+# -- item keys ------------------------------------------------------------------------------------------
+
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring
+_to_json = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+
+
+def canonical_key(item: Any) -> str:
+    """The default ``item_key``: the item's canonical JSON (keys sorted, no spaces), or ``~`` and a
+    128-bit BLAKE2 hash of it when longer than :data:`KEY_TEXT_MAX` characters.
+
+    Stable across processes and Python versions.  A tuple and a list of the same
+    elements have the same key (both are JSON arrays), as have ``{1: x}`` and ``{"1": x}``.
+
+    Raises:
+        TypeError: the item is not JSON (an object, a set, bytes...).
+    """
+    kind = type(item)
+    if kind is int:
+        text = int.__repr__(item)
+    elif kind is str:
+        text = _encode_str(item)
+    else:
+        text = _to_json(item)
+    if len(text) <= KEY_TEXT_MAX:
+        return text
+    return "~" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+canonical_key._trioflow_default = True  # type: ignore[attr-defined]
+
+
+def _name(node: object) -> str:
+    return type(node).__name__
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- the journal: one writer thread per run -------------------------------------------------------------
+
+
+class Journal:
+    """The writer thread of one durable run and the queue of records it commits.
+
+    The thread opens the store's connection, and is the only one to use it.  It
+    wakes every :data:`FLUSH_SECONDS` (or when :data:`FLUSH_ROWS` records are
+    queued) and commits the queue, then runs the calls the run awaits
+    (:meth:`call`: the lease, a batch's recorded results, the steps), after
+    committing what was queued before them.  It renews the lease while idle.
+
+    A store error stops the writer (what could not be written is dropped: those
+    items run again on resume) and cancels the run (:attr:`scope`), which then
+    raises :class:`~trioflow.store.StoreError`.
+    """
+
+    def __init__(self, store: Store, run_id: str, owner: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.owner = owner
+        self.queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.jobs: collections.deque[tuple[str, tuple[Any, ...], Callable[[outcome.Outcome[Any]], None]]] = (
+            collections.deque()
+        )
+        self.wake = threading.Event()
+        self.kicked = False
+        self.writing = 0  # records taken from the queue by a commit under way
+        self.committed = 0
+        self.leased = False
+        self.stopping = False
+        self.error: BaseException | None = None
+        self.conn: Connection | None = None
+        self.scope: trio.CancelScope | None = None  # the run, cancelled when the store fails
+        self.room: trio.Event | None = None  # set when the backlog falls below MAX_BACKLOG
+        self.token = trio.lowlevel.current_trio_token()
+        self.last_commit = time.monotonic()
+        self.thread = threading.Thread(target=self._main, name=f"trioflow store writer {run_id!r}", daemon=True)
+
+    # -- the Trio side ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def append(self, record: tuple[Any, ...]) -> None:
+        """Queue ``record`` for the next commit: no await, no lock."""
+        queue = self.queue
+        queue.append(record)
+        if len(queue) >= FLUSH_ROWS and not self.kicked:
+            self.kicked = True
+            self.wake.set()
+
+    def backlogged(self) -> bool:
+        return len(self.queue) + self.writing >= MAX_BACKLOG and self.error is None
+
+    async def wait_for_room(self) -> None:
+        """Wait until the backlog of uncommitted records is below :data:`MAX_BACKLOG`."""
+        while self.backlogged():
+            if self.room is None:
+                self.room = trio.Event()
+            room = self.room
+            self.kicked = True
+            self.wake.set()
+            await room.wait()
+
+    def _room_ready(self) -> None:
+        if self.room is not None and not self.backlogged():
+            self.room.set()
+            self.room = None
+
+    def _stop_run(self) -> None:
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """``connection.method(*args)`` on the writer thread, after what is queued now is committed."""
+        event = trio.Event()
+        box: list[outcome.Outcome[Any]] = []
+        token = self.token
+
+        def done(result: outcome.Outcome[Any]) -> None:
+            box.append(result)
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(event.set)
+
+        self.jobs.append((method, args, done))
+        self.wake.set()
+        await event.wait()
+        return box[0].unwrap()
+
+    async def close(self, status: str) -> BaseException | None:
+        """Commit everything queued, give the lease back with ``status``, close the connection
+        and end the thread.  Call it shielded.  Returns the store's first error, if any."""
+        if self.thread.is_alive():
+            await self.call("finish", status)
+            self.thread.join()
+        return self.error
+
+    # -- the writer thread ------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self.conn = self.store.open()
+        except Exception as exc:
+            self._failed(exc)
+        while not self.stopping:
+            self.wake.wait(FLUSH_SECONDS)
+            self.wake.clear()
+            self.kicked = False
+            self._commit()
+            while self.jobs:
+                method, args, done = self.jobs.popleft()
+                self._commit()
+                done(outcome.capture(self._job, method, *args))
+            if self.leased and self.error is None and time.monotonic() - self.last_commit > LEASE_SECONDS / 4:
+                self._put([])
+            if self.room is not None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    self.token.run_sync_soon(self._room_ready)
+
+    def _job(self, method: str, *args: Any) -> Any:
+        if method == "finish":
+            return self._finish(*args)
+        if self.conn is None:
+            assert self.error is not None
+            raise self.error
+        result = getattr(self.conn, method)(*args)
+        if method == "lease":
+            self.leased = True
+        return result
+
+    def _commit(self) -> None:
+        queue = self.queue
+        while queue and self.error is None:
+            count = min(len(queue), FLUSH_ROWS)
+            self.writing = count
+            self._put([queue.popleft() for _ in range(count)])
+            self.writing = 0
+        if self.error is not None:
+            queue.clear()  # cannot be written: those items run again on resume
+
+    def _put(self, records: list[tuple[Any, ...]]) -> None:
+        assert self.conn is not None
+        try:
+            self.conn.put_many(self.run_id, self.owner, LEASE_SECONDS, records)
+        except Exception as exc:
+            self._failed(exc)
+        else:
+            self.committed += len(records)
+        self.last_commit = time.monotonic()
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+            with contextlib.suppress(trio.RunFinishedError):
+                self.token.run_sync_soon(self._stop_run)
+
+    def _finish(self, status: str) -> None:
+        self.stopping = True
+        if self.conn is None:
+            return
+        try:
+            self._commit()
+            if self.leased:
+                self.conn.release(self.run_id, self.owner, status)
+        except Exception as exc:
+            self._failed(exc)
+        finally:
+            self.conn.close()
+
+
+# -- the session of one run -----------------------------------------------------------------------------
+
+#: Values that cannot change in place: the same object is the same value.
+_ATOMIC = frozenset({str, int, float, bool, bytes, type(None), complex})
+
+
+class Session:
+    """One durable run: its journal, its generation, the steps a resumed run replays, and the
+    last recorded state of ``shared`` (to record only the keys a step changed)."""
+
+    def __init__(self, journal: Journal, run_id: str, lease: Lease, label: str) -> None:
+        self.journal = journal
+        self.run_id = run_id
+        self.gen = lease.gen
+        self.fresh = lease.fresh
+        self.label = label  # what errors call the store (its path)
+        self.replay: dict[tuple[str, int], str | None] = {}
+        self.snapshot: dict[Any, tuple[Any, bytes | None]] = {}
+        self._graph_ids: dict[int, dict[int, str]] = {}
+
+    def graph_ids(self, flow: Any) -> dict[int, str]:
+        """``graph_ids(flow)``, computed once per wired flow."""
+        from ._mermaid import graph_ids
+
+        key = id(flow._identity)
+        ids = self._graph_ids.get(key)
+        if ids is None:
+            ids = self._graph_ids[key] = graph_ids(flow)
+        return ids
+
+    def restore(self, shared: MutableMapping[Any, Any], steps: list[tuple[str, int, str, str | None, bytes]]) -> None:
+        """Apply the recorded steps' changes to ``shared``, in order; remember their actions."""
+        for flow, n, node, action, blob in steps:
+            try:
+                changes, removed = pickle.loads(blob)
+                for key, value in changes.items():
+                    shared[key] = pickle.loads(value)
+            except Exception as exc:
+                raise _store_error(
+                    f"store {self.label}: run {self.run_id!r}: the state recorded after step {node} cannot be "
+                    f"unpickled ({type(exc).__name__}: {exc}); forget the run to start it over"
+                ) from exc
+            for key in removed:
+                shared.pop(key, None)
+            self.replay[(flow, n)] = action
+
+    def baseline(self, shared: Mapping[Any, Any]) -> None:
+        """Remember ``shared`` as the state the next step's changes are measured from.
+
+        A value that cannot be pickled is taken as the run's input (a client, say):
+        not recorded, and unchanged as long as it is the same object.
+        """
+        snapshot = self.snapshot
+        snapshot.clear()
+        for key, value in shared.items():
+            try:
+                blob: bytes | None = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                blob = None
+            snapshot[key] = (value, blob)
+
+    def record_step(self, flow: str, n: int, node: str, action: str | None, shared: Any) -> None:
+        """Append step ``n`` of the walk at ``flow``: the node's place, its action, what it changed."""
+        if not isinstance(shared, MutableMapping):
+            raise TypeError(
+                f"{node}: a durable flow records the top-level keys of shared each step changes, so shared must "
+                f"be a dict, not {type(shared).__name__}; run the flow with durable=False to record its batches only"
+            )
+        snapshot = self.snapshot
+        changes: dict[Any, bytes] = {}
+        for key, value in shared.items():
+            old = snapshot.get(key)
+            if old is not None and old[0] is value and (old[1] is None or type(value) in _ATOMIC):
+                continue
+            try:
+                blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise TypeError(
+                    f"{node}: after this step shared[{key!r}] is {_brief(value)}, which cannot be pickled "
+                    f"({type(exc).__name__}: {exc}); a durable flow records the top-level keys of shared that "
+                    "each step changes: keep what cannot be pickled out of shared (in a node attribute, or in "
+                    "shared before the run starts, where it is taken as an input), or set durable=False on the flow"
+                ) from exc
+            if old is None or old[1] != blob:
+                changes[key] = blob
+            snapshot[key] = (value, blob)
+        removed = [key for key in snapshot if key not in shared]
+        for key in removed:
+            del snapshot[key]
+        keys = ", ".join([str(k) for k in changes] + [f"-{k}" for k in removed])
+        self.journal.append(
+            ("step", self.run_id, self.gen, flow, n, node, action, keys, pickle.dumps((changes, removed)), time.time())
+        )
+
+
+def _store_error(message: str) -> Exception:
+    from .store import StoreError
+
+    return StoreError(message)
+
+
+# -- done before? and record: one batch -----------------------------------------------------------------
+
+
+class Recorder:
+    """The store's side of one batch: its recorded results, and the record of new ones.
+
+    Built once per batch (:func:`recorder_for`), after the batch's recorded
+    results are loaded.  Each item's key is computed once, in :meth:`lookup`;
+    a key met twice in one batch is computed once (the second waits for the
+    first, holding no admission).  The batch keeps one pickled result per key in
+    memory (those it replayed or recorded), so a duplicate gets its own copy, as
+    a replay would.
+    """
+
+    __slots__ = (
+        "inflight",
+        "journal",
+        "key_of",
+        "keys",
+        "name",
+        "node_id",
+        "noun",
+        "place",
+        "place_text",
+        "replays",
+        "run_id",
+        "seen",
+        "stale",
+        "stored",
+        "version",
+    )
+
+    def __init__(
+        self,
+        session: Session,
+        node: Node,
+        place: tuple[str, ...],
+        node_id: int,
+        stored: dict[str, bytes],
+        stale: set[str],
+        noun: str,
+    ) -> None:
+        self.journal = session.journal
+        self.run_id = session.run_id
+        self.name = _name(node)
+        self.place = place
+        self.place_text = "/".join(place)
+        self.version = str(node.version)
+        self.node_id = node_id
+        self.noun = noun
+        default = getattr(type(node).item_key, "_trioflow_default", False)
+        self.key_of: Callable[[Any], Any] = canonical_key if default else node.item_key
+        self.stored = stored  # recorded results not met yet in this batch
+        self.stale = stale  # recorded keys marked stale by the last full pass
+        self.seen: dict[str, bytes] = {}  # keys met in this batch -> pickled result
+        self.inflight: dict[str, Pending | None] = {}  # keys being computed -> waiting duplicates
+        self.keys: dict[int, str] = {}  # index -> key of the items being computed
+        self.replays = 0
+
+    def _what(self, index: int) -> str:
+        return f"{self.noun} {index}" if self.noun != "prep result" else "its prep result"
+
+    def lookup(self, index: int, item: Any) -> Any:
+        """The recorded result of ``item``, :data:`MISSING` (then the item is this batch's to
+        compute), or a :class:`Pending` (the same key is being computed by another item).
+
+        Raises:
+            TypeError: the item has no key (not JSON, and ``item_key`` not overridden).
+        """
+        try:
+            key = self.key_of(item)
+        except Exception as exc:
+            raise TypeError(
+                f"{self.name}: {self._what(index)} is {_brief(item)}, which is not JSON "
+                f"({type(exc).__name__}: {exc}), so a durable run cannot key its result: override "
+                f"{self.name}.item_key(item) to return a str that identifies it, or set durable=False"
+            ) from exc
+        if type(key) is not str:
+            raise TypeError(
+                f"{self.name}.item_key returned {_brief(key)} for {self._what(index)}; it must return a str"
+            )
+        blob = self.seen.get(key)
+        if blob is None:
+            blob = self.stored.pop(key, None)
+            if blob is None:
+                inflight = self.inflight
+                if key in inflight:
+                    pending = inflight[key]
+                    if pending is None:
+                        pending = inflight[key] = Pending()
+                    return pending
+                inflight[key] = None
+                self.keys[index] = key
+                return MISSING
+            self.seen[key] = blob
+        return self._load(index, blob)
+
+    def _load(self, index: int, blob: bytes) -> Any:
+        try:
+            return pickle.loads(blob)
+        except Exception as exc:
+            raise _store_error(
+                f"{self.name}: the recorded result of {self._what(index)} cannot be unpickled "
+                f"({type(exc).__name__}: {exc}); bump {self.name}.version to compute it again"
+            ) from exc
+
+    def replayed(self) -> bool:
+        """Count a replayed item; True once per :data:`REPLAY_CHECKPOINT` (time to yield to Trio)."""
+        self.replays += 1
+        return not self.replays & (REPLAY_CHECKPOINT - 1)
+
+    def enter(self, index: int) -> contextvars.Token[tuple[str, ...]]:
+        """Item ``index`` starts: runs nested in its ``exec`` are placed under its key."""
+        return _place.set((*self.place, f"[{self.keys[index]}]"))
+
+    def leave(self, token: contextvars.Token[tuple[str, ...]]) -> None:
+        _place.reset(token)
+
+    def record(self, index: int, item: Any, value: Any) -> None:
+        """Keep ``value``, the result ``exec`` returned for item ``index``: pickled now, committed soon.
+
+        Raises:
+            TypeError: the value cannot be pickled (the item then fails: never a silent re-run).
+        """
+        key = self.keys.pop(index)
+        try:
+            blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            self._wake(key, MISSING)
+            raise TypeError(
+                f"{self.name}: the result of {self._what(index)} ({_brief(item)}) is {_brief(value)}, which "
+                f"cannot be pickled ({type(exc).__name__}: {exc}), so a durable run cannot record it: return "
+                f"a picklable value, or set durable=False on {self.name}"
+            ) from exc
+        self.seen[key] = blob
+        self.journal.append(("result", self.node_id, key, blob))
+        pending = self.inflight.pop(key)
+        if pending is not None:
+            pending.set(pickle.loads(blob))
+
+    def _wake(self, key: str, value: Any) -> None:
+        pending = self.inflight.pop(key, None)
+        if pending is not None:
+            pending.set(value)
+
+    def settle(self, index: int, error: BaseException | None) -> None:
+        """Item ``index`` is over without a recorded result: it failed with ``error`` (recorded as
+        a failure: a resumed run tries it again), was cancelled, or (``error`` None) its
+        ``exec_fallback`` stood in (recorded as a failure too).  Nothing to do if it was recorded."""
+        key = self.keys.pop(index, None)
+        if key is None:
+            return
+        self._wake(key, MISSING)
+        if error is None:
+            text = "failed; exec_fallback's value stood in (not recorded)"
+        elif isinstance(error, Exception):
+            text = f"{type(error).__name__}: {error}"[:1000]
+        else:
+            return  # cancelled or interrupted: not a failure of the item
+        self.journal.append(("failure", self.node_id, key, text))
+
+    def backlogged(self) -> bool:
+        return self.journal.backlogged()
+
+    async def wait_for_room(self) -> None:
+        await self.journal.wait_for_room()
+
+    def finished(self) -> None:
+        """The batch went through all its items: mark the recorded keys it did not meet stale."""
+        revived = [key for key in self.stale if key in self.seen]
+        self.journal.append(
+            ("finished", self.node_id, self.run_id, self.place_text, self.version, list(self.stored), revived)
+        )
+        self.stored = {}
+
+
+async def recorder_for(node: Node, noun: str = "item") -> Recorder | None:
+    """The recorder of a batch of ``node`` starting now, or None when the run is not durable
+    (or the node opted out with ``durable=False``)."""
+    session = _session.get()
+    if session is None or not node.durable:
+        return None
+    from .store import node_id
+
+    place = _place.get() or (_name(node),)
+    text = "/".join(place)
+    version = str(node.version)
+    nid = node_id(session.run_id, text, version)
+    session.journal.append(("node", nid, session.run_id, text, version, session.gen))
+    stored: dict[str, bytes]
+    stale: set[str]
+    if session.fresh:
+        stored, stale = {}, set()
+    else:
+        stored, stale = await session.journal.call("load_done", nid)
+    return Recorder(session, node, place, nid, stored, stale, noun)
+
+
+# -- flow steps -----------------------------------------------------------------------------------------
+
+
+class FlowWalk:
+    """The durable side of one walk of a flow: its place, its steps' places, the recorded steps.
+
+    ``next(wired)`` advances to the next step and returns the action a resumed
+    run recorded for it (the flow then skips it), or :data:`MISSING`.  A flow
+    with ``durable=False`` still places its steps (its batches are recorded)
+    but neither records nor replays them: on resume it walks again from its start.
+    """
+
+    __slots__ = ("durable", "flow_place", "ids", "n", "place", "session", "step_place", "visits")
+
+    def __init__(self, session: Session, flow: Node) -> None:
+        self.session = session
+        self.place = _place.get() or (_name(flow),)
+        self.flow_place = "/".join(self.place)
+        self.ids = session.graph_ids(flow)
+        self.visits: dict[str, int] = {}
+        self.n = 0
+        self.durable = bool(flow.durable)
+        self.step_place = self.place
+
+    def next(self, wired: Node) -> Any:
+        ident = self.ids.get(id(wired)) or _name(wired)
+        visits = self.visits[ident] = self.visits.get(ident, 0) + 1
+        self.step_place = (*self.place, ident if visits == 1 else f"{ident}@{visits}")
+        n = self.n
+        self.n = n + 1
+        if self.durable:
+            return self.session.replay.get((self.flow_place, n), MISSING)
+        return MISSING
+
+    def enter(self) -> contextvars.Token[tuple[str, ...]]:
+        return _place.set(self.step_place)
+
+    def leave(self, token: contextvars.Token[tuple[str, ...]]) -> None:
+        _place.reset(token)
+
+    def record(self, action: str | None, shared: Any) -> None:
+        if self.durable:
+            self.session.record_step(self.flow_place, self.n - 1, "/".join(self.step_place), action, shared)
+
+
+def flow_walk(flow: Node) -> FlowWalk | None:
+    """The durable side of a walk of ``flow`` starting now, or None outside a durable run."""
+    session = _session.get()
+    return None if session is None else FlowWalk(session, flow)
+
+
+# -- a durable run ----------------------------------------------------------------------------------------
+
+
+def _backend(store: Any) -> tuple[Store, str]:
+    """``store=`` as a store object, and how errors name it."""
+    from .store import SQLiteStore
+
+    if isinstance(store, (str, Path)):
+        store = SQLiteStore(store)
+    if not callable(getattr(store, "open", None)):
+        raise TypeError(
+            f"store must be a path (a SQLite file) or a store object such as trioflow.store.SQLiteStore, not "
+            f"{_brief(store)}"
+        )
+    return store, str(getattr(store, "path", None) or _brief(store))
+
+
+async def run_nested(node: Node, shared: Any) -> str | None:
+    """``node.run(shared)`` inside a durable run (from an ``exec``, say): placed under the caller."""
+    token = _place.set((*_place.get(), _name(node)))
+    try:
+        return await node._step(shared)
+    finally:
+        _place.reset(token)
+
+
+async def run_durable(node: Node, shared: Any, store: Any, run_id: str | None) -> str | None:
+    """``node.run(shared, store=store, run_id=run_id)``: see :meth:`trioflow.Node.run`."""
+    from ._flow import Flow
+    from .store import new_owner
+
+    name = _name(node)
+    if _session.get() is not None:
+        raise ValueError(
+            f"{name}.run(store=...) inside a durable run: nested flows and nodes already record into the run's "
+            "store; call run(shared) without store and run_id"
+        )
+    if store is None:
+        raise ValueError(f"{name}.run(run_id={run_id!r}) needs a store too (store='runs.db', say)")
+    if run_id is None:
+        run_id = name
+    if not isinstance(run_id, str) or not run_id:
+        raise TypeError(f"{name}.run: run_id must be a non-empty str, not {run_id!r}")
+    backend, label = _backend(store)
+    walked = isinstance(node, Flow) and node.durable
+    if walked and not isinstance(shared, MutableMapping):
+        raise TypeError(
+            f"{name}.run(store=...): a durable flow records the top-level keys of shared each step changes, so "
+            f"shared must be a dict, not {type(shared).__name__}; set durable=False on the flow to record its "
+            "batches only"
+        )
+    journal = Journal(backend, run_id, new_owner())
+    journal.start()
+    status = "interrupted"
+    propagating: BaseException | None = None
+    action: str | None = None
+    try:
+        lease = await journal.call("lease", run_id, journal.owner, LEASE_SECONDS)
+        session = Session(journal, run_id, lease, label)
+        if walked:
+            if lease.resumed:
+                session.restore(shared, await journal.call("load_steps", run_id, lease.gen))
+            session.baseline(shared)
+        session_token = _session.set(session)
+        place_token = _place.set((name,))
+        try:
+            with trio.CancelScope() as scope:
+                journal.scope = scope
+                action = await node._step(shared)
+        finally:
+            journal.scope = None
+            _place.reset(place_token)
+            _session.reset(session_token)
+        if scope.cancelled_caught:  # only the writer cancels this scope: the store failed
+            assert journal.error is not None
+            raise journal.error
+        status = "finished"
+    except BaseException as exc:
+        propagating = exc
+        if isinstance(exc, Exception):
+            status = "failed"
+        raise
+    finally:
+        with trio.CancelScope(shield=True):
+            problem = await journal.close(status)
+        if problem is not None:
+            if propagating is None:
+                raise problem
+            if propagating is not problem:
+                add_note(propagating, f"and the store failed: {problem}")
+    return action
