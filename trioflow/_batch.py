@@ -135,8 +135,8 @@ async def runner_for(node: Any, call: Any, *, with_index: bool = False) -> ItemR
 
 def batch_finished(runner: ItemRunner) -> None:
     """The batch went through all its items (none failed it): tell its recorder, if any."""
-    if runner.recorder is not None:
-        runner.recorder.finished()
+    if runner.durable is not None:
+        runner.durable.finished()
 
 
 @attrs.define(slots=False, eq=False, kw_only=True)

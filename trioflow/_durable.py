@@ -38,8 +38,10 @@ replayed from the store.
 A place is a path of segments: the top-level node's class name, then per flow
 level the step's id in that flow's graph (``Summarize_1``, as
 :meth:`Flow.to_mermaid` numbers it; ``Summarize_1@2`` for the second visit in
-one walk) and, inside an item, ``[key]`` (a batch flow's sub-run is at
-``Grid_1[{"filter":"blur"}]``, never at its position alone).
+one walk) and, inside a batch flow's sub-run, ``[key]`` of its param set
+(``Grid_1[{"filter":"blur"}]``, never its position alone).  A flow or node
+that user code runs itself from inside a node (``await other.run(shared)``)
+has no place of its own and is not part of the durable run (:func:`run_apart`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import json
 import pickle
 import threading
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +62,7 @@ import outcome
 import trio
 
 from ._errors import add_note
-from ._item import MISSING, Pending
+from ._item import MISSING, Pending, is_awaitable
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -406,11 +408,16 @@ class Recorder:
     """The store's side of one batch: its recorded results, and the record of new ones.
 
     Built once per batch (:func:`recorder_for`), after the batch's recorded
-    results are loaded.  Each item's key is computed once, in :meth:`lookup`;
-    a key met twice in one batch is computed once (the second waits for the
-    first, holding no admission).  The batch keeps one pickled result per key in
-    memory (those it replayed or recorded), so a duplicate gets its own copy, as
-    a replay would.
+    results are loaded.  Each item's key is computed once.  A key met twice in
+    one batch is computed once: the second item waits for the first (holding no
+    admission) and gets its own copy of the result, as a replay would, so the
+    batch keeps the pickled result of each key it met.
+
+    Two ways in: :meth:`wrap` gives an ``async def`` function of the item, with
+    the stages around the call, for an item that needs nothing else (the pool
+    awaits it in its fast path); the :class:`~trioflow._item.ItemRunner` of an
+    item with a retry policy, an executor or instruments calls :meth:`lookup`,
+    :meth:`record` and :meth:`settle` around the retry core instead.
     """
 
     __slots__ = (
@@ -454,12 +461,80 @@ class Recorder:
         self.stored = stored  # recorded results not met yet in this batch
         self.stale = stale  # recorded keys marked stale by the last full pass
         self.seen: dict[str, bytes] = {}  # keys met in this batch -> pickled result
-        self.inflight: dict[str, Pending | None] = {}  # keys being computed -> waiting duplicates
-        self.keys: dict[int, str] = {}  # index -> key of the items being computed
+        self.inflight: dict[str, Pending | None] = {}  # keys being computed -> what their duplicates wait on
+        self.keys: dict[int, str] = {}  # index -> key of the items the ItemRunner is computing
         self.replays = 0
 
-    def _what(self, index: int) -> str:
-        return f"{self.noun} {index}" if self.noun != "prep result" else "its prep result"
+    # -- the stages, by key ---------------------------------------------------------------------------
+
+    def _what(self, index: int | None, item: Any) -> str:
+        if self.noun == "prep result":
+            return "its prep result"
+        return f"{self.noun} {index}" if index is not None else f"{self.noun} {_brief(item)}"
+
+    def _key(self, index: int | None, item: Any) -> str:
+        try:
+            key = self.key_of(item)
+        except Exception as exc:
+            raise TypeError(
+                f"{self.name}: {self._what(index, item)} is {_brief(item)}, which is not JSON "
+                f"({type(exc).__name__}: {exc}), so a durable run cannot key its result: override "
+                f"{self.name}.item_key(item) to return a str that identifies it, or set durable=False"
+            ) from exc
+        if type(key) is not str:
+            raise TypeError(
+                f"{self.name}.item_key returned {_brief(key)} for {self._what(index, item)}; it must return a str"
+            )
+        return key
+
+    def _load(self, blob: bytes, index: int | None, item: Any) -> Any:
+        try:
+            return pickle.loads(blob)
+        except Exception as exc:
+            raise _store_error(
+                f"{self.name}: the recorded result of {self._what(index, item)} cannot be unpickled "
+                f"({type(exc).__name__}: {exc}); bump {self.name}.version to compute it again"
+            ) from exc
+
+    def _pending(self, key: str) -> Pending:
+        pending = self.inflight[key]
+        if pending is None:
+            pending = self.inflight[key] = Pending()
+        return pending
+
+    def _keep(self, key: str, value: Any, index: int | None, item: Any) -> None:
+        """Record ``value`` under ``key``: pickled now, committed by the journal soon."""
+        try:
+            blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            self._drop(key, None, failure=False)
+            raise TypeError(
+                f"{self.name}: the result of {self._what(index, item)} ({_brief(item)}) is {_brief(value)}, "
+                f"which cannot be pickled ({type(exc).__name__}: {exc}), so a durable run cannot record it: "
+                f"return a picklable value, or set durable=False on {self.name}"
+            ) from exc
+        self.seen[key] = blob
+        self.journal.append((self.node_id, key, blob))
+        pending = self.inflight.pop(key)
+        if pending is not None:
+            pending.set(pickle.loads(blob))
+
+    def _drop(self, key: str, error: BaseException | None, *, failure: bool = True) -> None:
+        """``key``'s computation ended without a result: a duplicate waiting for it tries itself."""
+        pending = self.inflight.pop(key, None)
+        if pending is not None:
+            pending.set(MISSING)
+        if not failure:
+            return
+        if error is None:
+            text = "failed; exec_fallback's value stood in (not recorded)"
+        elif isinstance(error, Exception):
+            text = f"{type(error).__name__}: {error}"[:1000]
+        else:
+            return  # cancelled or interrupted: not a failure of the item
+        self.journal.append(("failure", self.node_id, key, text))
+
+    # -- the ItemRunner's hooks, by index ---------------------------------------------------------------
 
     def lookup(self, index: int, item: Any) -> Any:
         """The recorded result of ``item``, :data:`MISSING` (then the item is this batch's to
@@ -468,42 +543,35 @@ class Recorder:
         Raises:
             TypeError: the item has no key (not JSON, and ``item_key`` not overridden).
         """
-        try:
-            key = self.key_of(item)
-        except Exception as exc:
-            raise TypeError(
-                f"{self.name}: {self._what(index)} is {_brief(item)}, which is not JSON "
-                f"({type(exc).__name__}: {exc}), so a durable run cannot key its result: override "
-                f"{self.name}.item_key(item) to return a str that identifies it, or set durable=False"
-            ) from exc
-        if type(key) is not str:
-            raise TypeError(
-                f"{self.name}.item_key returned {_brief(key)} for {self._what(index)}; it must return a str"
-            )
+        key = self._key(index, item)
         blob = self.seen.get(key)
         if blob is None:
-            blob = self.stored.pop(key, None)
+            if key in self.inflight:
+                return self._pending(key)
+            if self.stored:
+                blob = self.stored.pop(key, None)
             if blob is None:
-                inflight = self.inflight
-                if key in inflight:
-                    pending = inflight[key]
-                    if pending is None:
-                        pending = inflight[key] = Pending()
-                    return pending
-                inflight[key] = None
+                self.inflight[key] = None
                 self.keys[index] = key
                 return MISSING
             self.seen[key] = blob
-        return self._load(index, blob)
+        return self._load(blob, index, item)
 
-    def _load(self, index: int, blob: bytes) -> Any:
-        try:
-            return pickle.loads(blob)
-        except Exception as exc:
-            raise _store_error(
-                f"{self.name}: the recorded result of {self._what(index)} cannot be unpickled "
-                f"({type(exc).__name__}: {exc}); bump {self.name}.version to compute it again"
-            ) from exc
+    def record(self, index: int, item: Any, value: Any) -> None:
+        """Keep ``value``, the result ``exec`` returned for item ``index``.
+
+        Raises:
+            TypeError: the value cannot be pickled (the item then fails: never a silent re-run).
+        """
+        self._keep(self.keys.pop(index), value, index, item)
+
+    def settle(self, index: int, error: BaseException | None) -> None:
+        """Item ``index`` is over without a recorded result: it failed with ``error`` (recorded as
+        a failure: a resumed run tries it again), was cancelled, or (``error`` None) its
+        ``exec_fallback`` stood in (recorded as a failure too).  Nothing to do if it was recorded."""
+        key = self.keys.pop(index, None)
+        if key is not None:
+            self._drop(key, error)
 
     def replayed(self) -> bool:
         """Count a replayed item; True once per :data:`REPLAY_CHECKPOINT` (time to yield to Trio)."""
@@ -511,54 +579,11 @@ class Recorder:
         return not self.replays & (REPLAY_CHECKPOINT - 1)
 
     def enter(self, index: int) -> contextvars.Token[tuple[str, ...]]:
-        """Item ``index`` starts: runs nested in its ``exec`` are placed under its key."""
+        """Param set ``index`` of a batch flow starts its sub-run: its steps are placed under its key."""
         return _place.set((*self.place, f"[{self.keys[index]}]"))
 
     def leave(self, token: contextvars.Token[tuple[str, ...]]) -> None:
         _place.reset(token)
-
-    def record(self, index: int, item: Any, value: Any) -> None:
-        """Keep ``value``, the result ``exec`` returned for item ``index``: pickled now, committed soon.
-
-        Raises:
-            TypeError: the value cannot be pickled (the item then fails: never a silent re-run).
-        """
-        key = self.keys.pop(index)
-        try:
-            blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            self._wake(key, MISSING)
-            raise TypeError(
-                f"{self.name}: the result of {self._what(index)} ({_brief(item)}) is {_brief(value)}, which "
-                f"cannot be pickled ({type(exc).__name__}: {exc}), so a durable run cannot record it: return "
-                f"a picklable value, or set durable=False on {self.name}"
-            ) from exc
-        self.seen[key] = blob
-        self.journal.append(("result", self.node_id, key, blob))
-        pending = self.inflight.pop(key)
-        if pending is not None:
-            pending.set(pickle.loads(blob))
-
-    def _wake(self, key: str, value: Any) -> None:
-        pending = self.inflight.pop(key, None)
-        if pending is not None:
-            pending.set(value)
-
-    def settle(self, index: int, error: BaseException | None) -> None:
-        """Item ``index`` is over without a recorded result: it failed with ``error`` (recorded as
-        a failure: a resumed run tries it again), was cancelled, or (``error`` None) its
-        ``exec_fallback`` stood in (recorded as a failure too).  Nothing to do if it was recorded."""
-        key = self.keys.pop(index, None)
-        if key is None:
-            return
-        self._wake(key, MISSING)
-        if error is None:
-            text = "failed; exec_fallback's value stood in (not recorded)"
-        elif isinstance(error, Exception):
-            text = f"{type(error).__name__}: {error}"[:1000]
-        else:
-            return  # cancelled or interrupted: not a failure of the item
-        self.journal.append(("failure", self.node_id, key, text))
 
     def backlogged(self) -> bool:
         return self.journal.backlogged()
@@ -573,6 +598,75 @@ class Recorder:
             ("finished", self.node_id, self.run_id, self.place_text, self.version, list(self.stored), revived)
         )
         self.stored = {}
+
+    # -- the fast path ----------------------------------------------------------------------------------
+
+    def wrap(self, call: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
+        """``call`` with the done-before? and record stages around it: see :class:`Recorder`.
+
+        A replayed item does not yield to Trio, but every :data:`REPLAY_CHECKPOINT`-th one
+        does, so a batch replaying a million items shares the run.  A plain ``def`` call
+        yields after it, as the pool does.
+        """
+        seen = self.seen
+        stored = self.stored
+        inflight = self.inflight
+        journal = self.journal
+        queue = journal.queue
+        key_of = self.key_of
+        node_id = self.node_id
+        dumps = pickle.dumps
+        protocol = pickle.HIGHEST_PROTOCOL
+
+        async def durable(item: Any) -> Any:
+            try:
+                key = key_of(item)
+            except Exception:
+                key = self._key(None, item)  # raises the error that says what to do
+            blob = seen.get(key)
+            if blob is None:
+                if key in inflight:  # a duplicate in flight: wait for its result
+                    value = await self._pending(key).wait()
+                    return value if value is not MISSING else await durable(item)
+                if stored:
+                    blob = stored.pop(key, None)
+                if blob is None:
+                    if type(key) is not str:
+                        self._key(None, item)  # raises
+                    if len(queue) + journal.writing >= MAX_BACKLOG:
+                        await journal.wait_for_room()
+                    inflight[key] = None
+                    try:
+                        value = call(item)
+                        plain = not is_awaitable(value)
+                        if not plain:
+                            value = await value
+                    except BaseException as exc:
+                        self._drop(key, exc)
+                        raise
+                    try:
+                        blob = dumps(value, protocol)
+                    except Exception:
+                        self._keep(key, value, None, item)  # raises the error that names node and item
+                    seen[key] = blob
+                    queue.append((node_id, key, blob))
+                    if len(queue) >= FLUSH_ROWS and not journal.kicked:
+                        journal.kicked = True
+                        journal.wake.set()
+                    pending = inflight.pop(key)
+                    if pending is not None:
+                        pending.set(pickle.loads(blob))
+                    if plain:
+                        await trio.lowlevel.checkpoint()
+                    return value
+                seen[key] = blob
+            value = self._load(blob, None, item)
+            self.replays += 1
+            if not self.replays & (REPLAY_CHECKPOINT - 1):
+                await trio.lowlevel.checkpoint()
+            return value
+
+        return durable
 
 
 async def recorder_for(node: Node, noun: str = "item") -> Recorder | None:
@@ -665,13 +759,21 @@ def _backend(store: Any) -> tuple[Store, str]:
     return store, str(getattr(store, "path", None) or _brief(store))
 
 
-async def run_nested(node: Node, shared: Any) -> str | None:
-    """``node.run(shared)`` inside a durable run (from an ``exec``, say): placed under the caller."""
-    token = _place.set((*_place.get(), _name(node)))
+async def run_apart(node: Node, shared: Any) -> str | None:
+    """``node.run(shared)`` called from inside a durable run (from an ``exec``, say): not part of it.
+
+    Such a run has no place of its own in the graph (many items may start it at
+    once), so recording it could mix up their results: it runs as it would
+    without a store.  Wire it as a step (a flow is a node) to have it recorded,
+    or give it ``store=`` and a ``run_id`` of its own.
+    """
+    session_token = _session.set(None)
+    place_token = _place.set(())
     try:
         return await node._step(shared)
     finally:
-        _place.reset(token)
+        _place.reset(place_token)
+        _session.reset(session_token)
 
 
 async def run_durable(node: Node, shared: Any, store: Any, run_id: str | None) -> str | None:
@@ -680,11 +782,6 @@ async def run_durable(node: Node, shared: Any, store: Any, run_id: str | None) -
     from .store import new_owner
 
     name = _name(node)
-    if _session.get() is not None:
-        raise ValueError(
-            f"{name}.run(store=...) inside a durable run: nested flows and nodes already record into the run's "
-            "store; call run(shared) without store and run_id"
-        )
     if store is None:
         raise ValueError(f"{name}.run(run_id={run_id!r}) needs a store too (store='runs.db', say)")
     if run_id is None:

@@ -84,7 +84,7 @@ class Recorder(Protocol):
         """Count a replayed item; True when the batch should yield to Trio (now and then)."""
 
     def enter(self, index: int) -> Any:
-        """Item ``index`` starts running; returns a token for :meth:`leave`."""
+        """Param set ``index`` of a batch flow starts its sub-run; returns a token for :meth:`leave`."""
 
     def leave(self, token: Any) -> None:
         """The item that :meth:`enter` returned ``token`` for has stopped running."""
@@ -97,6 +97,11 @@ class Recorder(Protocol):
 
     def finished(self) -> None:
         """The batch went through all its items."""
+
+    def wrap(self, call: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """``call`` with the done-before? and record stages around it, for an item that needs
+        nothing else (no retry policy, no executor, no instrument): an ``async def`` function
+        of the item that the pool's fast path can await."""
 
 
 class Pending:
@@ -388,6 +393,7 @@ class ItemRunner:
         "admission",
         "attached",
         "call",
+        "durable",
         "event_node",
         "fast",
         "fast_async",
@@ -412,6 +418,8 @@ class ItemRunner:
         self.call = call
         self.admission = admission if admission else None
         self.recorder = recorder
+        #: the batch's recorder, whichever way its stages are run (told when the batch finishes)
+        self.durable = recorder
         self.event_node = node if event_node is None else event_node
         self.with_index = with_index
         #: what an item is called in notes: a batch flow's items are its param sets
@@ -419,12 +427,23 @@ class ItemRunner:
         self.attached = _instrument.current() if node is not None else None
         executor = getattr(node, "executor", None)
         bound = executor.bind(type(node).__name__, call) if executor is not None and not with_index else None
+        if (
+            recorder is not None
+            and not with_index
+            and bound is None
+            and self.attached is None
+            and not has_policy(node)
+            and attempt_var.get() == 0
+        ):
+            # An attempt is the call alone: the store's stages wrap it, and the pool's fast path runs it.
+            self.call = call = recorder.wrap(call)
+            self.recorder = None
         self.run_exec: Callable[[Any], Any] = call if bound is None else bound
         self.fast = (
             not with_index
             and bound is None
             and self.admission is None
-            and recorder is None
+            and self.recorder is None
             and self.attached is None
             and not has_policy(node)
             and attempt_var.get() == 0
@@ -448,6 +467,7 @@ class ItemRunner:
         recorder = self.recorder
         attached = self.attached
         node = self.event_node
+        place = None
         if recorder is not None:
             # -- done before? A replayed item emits item_finished only (exec is not called).
             done = recorder.lookup(index, item)
@@ -466,7 +486,8 @@ class ItemRunner:
                 return
             if recorder.backlogged():
                 await recorder.wait_for_room()
-            place = recorder.enter(index)
+            if self.with_index:
+                place = recorder.enter(index)  # the sub-run's steps are placed under the param set's key
         value: Any = None
 
         def keep(result: Any) -> None:
@@ -483,13 +504,15 @@ class ItemRunner:
                 await attempts(self, index, item, hold, keep)
         except BaseException as exc:
             if recorder is not None:
-                recorder.leave(place)
+                if place is not None:
+                    recorder.leave(place)
                 recorder.settle(index, exc)
             if attached is not None:
                 attached.emit("item_finished", node, index, exc, None)
             raise
         if recorder is not None:
-            recorder.leave(place)
+            if place is not None:
+                recorder.leave(place)
             recorder.settle(index, None)
         if attached is not None:
             attached.emit("item_finished", node, index, None, value)

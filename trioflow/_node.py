@@ -327,7 +327,8 @@ class Node:
                 batch item's result and each finished flow step is recorded under
                 ``run_id``; run it again after a crash, a Ctrl-C or a failure and it
                 restores ``shared`` to the last finished step and runs only what is
-                left.  Nested flows and nodes use the run's store.
+                left.  Nested flows and nodes use the run's store (a run that a node
+                starts itself, ``await other.run(shared)``, is not part of it).
             run_id: the name of the run in the store (default: this node's class name).
                 One process at a time may run it (:class:`trioflow.store.LeaseError`).
 
@@ -342,7 +343,7 @@ class Node:
         if store is not None or run_id is not None:
             return await _durable.run_durable(self, shared, store, run_id)
         if _durable.current() is not None:
-            return await _durable.run_nested(self, shared)
+            return await _durable.run_apart(self, shared)
         return await self._step(shared)
 
     def item_key(self, item: Any) -> str:
@@ -416,32 +417,34 @@ class Node:
         recorder = None
         if _durable.current() is not None and type(self).exec is not Node.exec:
             recorder = await _durable.recorder_for(self, "prep result")
-        if recorder is not None:
-            done = recorder.lookup(0, prep_res)
-            while isinstance(done, Pending):
-                done = await done.wait()
-                if done is MISSING:
-                    done = recorder.lookup(0, prep_res)
-            if done is not MISSING:
-                recorder.finished()
-                await trio.lowlevel.checkpoint()
-                return done
         runner = ItemRunner(
             self, self.exec, admission=Admission(throttle=throttle) if throttle else None, recorder=recorder
         )
+        hooks = runner.recorder  # None when the recorder wrapped exec (no policy: nothing else to do)
+        if hooks is not None:
+            done = hooks.lookup(0, prep_res)
+            while isinstance(done, Pending):
+                done = await done.wait()
+                if done is MISSING:
+                    done = hooks.lookup(0, prep_res)
+            if done is not MISSING:
+                hooks.finished()
+                await trio.lowlevel.checkpoint()
+                return done
         hold = Hold()
         box: list[Any] = []
         try:
             await attempts(runner, None, prep_res, hold, box.append)
         except BaseException as exc:
-            if recorder is not None:
-                recorder.settle(0, exc)
+            if hooks is not None:
+                hooks.settle(0, exc)
             raise
         finally:
             if runner.admission is not None:
                 runner.admission.exit(hold)
+        if hooks is not None:
+            hooks.settle(0, None)
         if recorder is not None:
-            recorder.settle(0, None)
             recorder.finished()
         return box[0]
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import itertools
 import operator
@@ -210,10 +211,13 @@ class StepInfo:
     at: float
 
 
-#: A record the run appends and :meth:`Connection.put_many` writes, a plain tuple (cheap to make).
-#: The first field says which:
+#: A record the run appends and :meth:`Connection.put_many` writes, a plain tuple (cheap to make):
 #:
-#: - ``("result", node_id, key, pickled_value)``: an item's result;
+#: - ``(node_id, key, pickled_value)``: an item's result (the one kind of three fields, and
+#:   by far the most frequent, so it carries no tag);
+#:
+#: the others start with a tag that says what they are:
+#:
 #: - ``("failure", node_id, key, error_text)``: an item failed for good (never
 #:   replaces a result);
 #: - ``("node", node_id, run_id, place, version, gen)``: a batch starts;
@@ -434,7 +438,18 @@ SELECT s.seq, s.gen, s.node, s.action, s.keys, s.at FROM steps s JOIN runs r USI
 WHERE s.run_id = ? AND s.gen = r.gen ORDER BY s.seq
 """
 
-_PUT_RESULT = "INSERT OR REPLACE INTO results (node_id, key, status, value, stale) VALUES (?2, ?3, 0, ?4, 0)"
+#: Rows per INSERT of results (a power of two; 3 parameters a row, under SQLite's limit of 32,766).
+_ROWS_PER_INSERT = 256
+
+
+@functools.lru_cache(maxsize=16)
+def _put_results_sql(rows: int) -> str:
+    """The INSERT of ``rows`` results (their statements stay in sqlite3's statement cache)."""
+    return "INSERT OR REPLACE INTO results (node_id, key, status, value, stale) VALUES " + ",".join(
+        ["(?, ?, 0, ?, 0)"] * rows
+    )
+
+
 _PUT_FAILURE = (
     "INSERT INTO results (node_id, key, status, value, stale) VALUES (?2, ?3, 1, ?4, 0) "
     "ON CONFLICT (node_id, key) DO UPDATE SET value = excluded.value WHERE status = 1"
@@ -571,22 +586,39 @@ class SQLiteConnection:
                         f"store {self.store.path}: run {run_id!r} lost its lease (it ran out and another process "
                         f"took the run over); {len(records)} records were not written"
                     )
-                for kind, group in itertools.groupby(records, operator.itemgetter(0)):
-                    if kind == "result":
-                        db.executemany(_PUT_RESULT, group)
-                    elif kind == "failure":
-                        db.executemany(_PUT_FAILURE, group)
-                    elif kind == "node":
-                        db.executemany(_PUT_NODE, group)
-                    elif kind == "step":
-                        db.executemany(_PUT_STEP, group)
-                    elif kind == "finished":
-                        for record in group:
-                            self._finished(*record[1:])
-                    else:  # pragma: no cover - the engine writes only the kinds above
-                        raise ValueError(f"unknown record kind {kind!r}")
+                for size, group in itertools.groupby(records, len):
+                    if size == 3:
+                        self._put_results(list(group))
+                    else:
+                        for kind, same in itertools.groupby(group, operator.itemgetter(0)):
+                            self._put(kind, same)
         except sqlite3.Error as exc:
             raise self._fail(exc, f"writing {len(records)} records of run {run_id!r}") from exc
+
+    def _put_results(self, records: list[Record]) -> None:
+        """Results, many rows per statement (:data:`_ROWS_PER_INSERT`): each statement is one
+        crossing into SQLite, where the GIL is released, instead of one per row."""
+        db = self.db
+        start, end = 0, len(records)
+        while start < end:
+            rows = _ROWS_PER_INSERT
+            while rows > end - start:
+                rows //= 2
+            db.execute(_put_results_sql(rows), list(itertools.chain.from_iterable(records[start : start + rows])))
+            start += rows
+
+    def _put(self, kind: str, records: Iterator[Record]) -> None:
+        if kind == "failure":
+            self.db.executemany(_PUT_FAILURE, records)
+        elif kind == "node":
+            self.db.executemany(_PUT_NODE, records)
+        elif kind == "step":
+            self.db.executemany(_PUT_STEP, records)
+        elif kind == "finished":
+            for record in records:
+                self._finished(*record[1:])
+        else:  # pragma: no cover - the engine writes only the kinds above
+            raise ValueError(f"unknown record kind {kind!r}")
 
     def _finished(
         self, nid: int, run_id: str, place: str, version: str, stale: Sequence[str], revived: Sequence[str]
