@@ -306,9 +306,165 @@ class Journal:
 _ATOMIC = frozenset({str, int, float, bool, bytes, type(None), complex})
 
 
+def _dumps(value: Any) -> bytes:
+    return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+
+def _entry(value: Any) -> tuple[Any, bytes | None]:
+    """An element of a dict or list of ``shared`` as kept: the object, and its pickle unless atomic."""
+    return (value, None) if type(value) in _ATOMIC else (value, _dumps(value))
+
+
+class Unpicklable(Exception):
+    """A value of ``shared`` that a step changed cannot be pickled."""
+
+    def __init__(self, key: Any, value: Any, error: Exception) -> None:
+        super().__init__(key, error)
+        self.key = key
+        self.value = value
+        self.error = error
+
+
+class SharedState:
+    """The last recorded state of ``shared``, to record only what a step changed.
+
+    Per top-level key it keeps the value object and enough to tell a change
+    cheaply: nothing for an atomic value (str, int...: the same object is the
+    same value); for a dict or a list, each element (atomic ones by identity,
+    others by their pickle), so that a step which adds one entry to a dict of
+    ten thousand records that entry, not the dict; for other values, the pickle.
+
+    A change is ``("set", pickle)``, ``("update", {subkey: pickle}, [removed
+    subkeys])`` for a dict changed in place, or ``("extend", [pickles])`` for a
+    list appended to in place.  A value that cannot be pickled when the run
+    starts is taken as an input (a client, say): not recorded, and unchanged as
+    long as it is the same object.
+    """
+
+    def __init__(self) -> None:
+        self.kept: dict[Any, tuple[Any, ...]] = {}
+
+    def _keep(self, value: Any) -> tuple[tuple[Any, ...], bytes]:
+        blob = _dumps(value)
+        kind = type(value)
+        if kind in _ATOMIC:
+            return ("atom", value), blob
+        if kind is dict:
+            return ("dict", value, {k: _entry(v) for k, v in value.items()}), blob
+        if kind is list:
+            return ("list", value, [_entry(v) for v in value]), blob
+        return ("blob", value, blob), blob
+
+    def baseline(self, shared: Mapping[Any, Any]) -> None:
+        """Take ``shared`` as it is now as the recorded state."""
+        self.kept.clear()
+        for key, value in shared.items():
+            try:
+                self.kept[key] = self._keep(value)[0]
+            except Exception:
+                self.kept[key] = ("input", value)
+
+    def diff(self, shared: Mapping[Any, Any]) -> tuple[dict[Any, tuple[Any, ...]], list[Any]]:
+        """What changed since the last call (or the baseline), and the keys removed; now the recorded state.
+
+        Raises:
+            Unpicklable: a changed value cannot be pickled.
+        """
+        kept = self.kept
+        changes: dict[Any, tuple[Any, ...]] = {}
+        for key, value in shared.items():
+            old = kept.get(key)
+            try:
+                if old is not None and old[1] is value:
+                    if old[0] == "atom" or old[0] == "input":
+                        continue
+                    change = self._delta(key, old, value)
+                    if change is not None:
+                        changes[key] = change
+                    continue
+                kept[key], blob = self._keep(value)
+            except Exception as exc:
+                raise Unpicklable(key, value, exc) from exc
+            changes[key] = ("set", blob)
+        removed = [key for key in kept if key not in shared] if len(kept) > len(shared) else []
+        for key in removed:
+            del kept[key]
+        return changes, removed
+
+    def _delta(self, key: Any, old: tuple[Any, ...], value: Any) -> tuple[Any, ...] | None:
+        """The change of a value that is the same object as before, or None."""
+        kind = old[0]
+        if kind == "dict":
+            entries: dict[Any, tuple[Any, bytes | None]] = old[2]
+            updates: dict[Any, bytes] = {}
+            for k, v in value.items():
+                entry = entries.get(k)
+                if entry is not None and entry[0] is v:
+                    if entry[1] is None:
+                        continue
+                    blob = _dumps(v)
+                    if blob == entry[1]:
+                        continue
+                else:
+                    blob = _dumps(v)
+                updates[k] = blob
+                entries[k] = (v, None if type(v) in _ATOMIC else blob)
+            gone = [k for k in entries if k not in value] if len(entries) > len(value) else []
+            for k in gone:
+                del entries[k]
+            return ("update", updates, gone) if updates or gone else None
+        if kind == "list":
+            items: list[tuple[Any, bytes | None]] = old[2]
+            n = len(items)
+            prefix = zip(items, value, strict=False)  # the first n elements
+            if len(value) >= n and all(was is v and (blob is None or _dumps(v) == blob) for (was, blob), v in prefix):
+                if len(value) == n:
+                    return None
+                tail = [_entry(v) for v in value[n:]]
+                items.extend(tail)
+                return ("extend", [blob if blob is not None else _dumps(v) for v, blob in tail])
+            self.kept[key], blob = self._keep(value)
+            return ("set", blob)
+        blob = _dumps(value)
+        if blob == old[2]:
+            return None
+        self.kept[key] = ("blob", value, blob)
+        return ("set", blob)
+
+    @staticmethod
+    def apply(shared: MutableMapping[Any, Any], changes: Mapping[Any, tuple[Any, ...]], removed: list[Any]) -> None:
+        """Apply a recorded step's changes to ``shared``."""
+        for key, change in changes.items():
+            if change[0] == "set":
+                shared[key] = pickle.loads(change[1])
+            elif change[0] == "update":
+                target = shared[key]
+                for k, blob in change[1].items():
+                    target[k] = pickle.loads(blob)
+                for k in change[2]:
+                    target.pop(k, None)
+            else:  # "extend"
+                shared[key].extend(pickle.loads(blob) for blob in change[1])
+        for key in removed:
+            shared.pop(key, None)
+
+    @staticmethod
+    def describe(changes: Mapping[Any, tuple[Any, ...]], removed: list[Any]) -> str:
+        """The changed keys, for people: ``summaries, results[+2 -1], log[+3], -draft``."""
+        words = []
+        for key, change in changes.items():
+            if change[0] == "update":
+                words.append(f"{key}[+{len(change[1])}{f' -{len(change[2])}' if change[2] else ''}]")
+            elif change[0] == "extend":
+                words.append(f"{key}[+{len(change[1])}]")
+            else:
+                words.append(str(key))
+        return ", ".join(words + [f"-{key}" for key in removed])
+
+
 class Session:
     """One durable run: its journal, its generation, the steps a resumed run replays, and the
-    last recorded state of ``shared`` (to record only the keys a step changed)."""
+    last recorded state of ``shared`` (to record only what a step changed)."""
 
     def __init__(self, journal: Journal, run_id: str, lease: Lease, label: str) -> None:
         self.journal = journal
@@ -317,7 +473,8 @@ class Session:
         self.fresh = lease.fresh
         self.label = label  # what errors call the store (its path)
         self.replay: dict[tuple[str, int], str | None] = {}
-        self.snapshot: dict[Any, tuple[Any, bytes | None]] = {}
+        self.state = SharedState()
+        self.known: set[int] = set()  # batches with records, when the run is not fresh
         self._graph_ids: dict[int, dict[int, str]] = {}
 
     def graph_ids(self, flow: Any) -> dict[int, str]:
@@ -335,31 +492,17 @@ class Session:
         for flow, n, node, action, blob in steps:
             try:
                 changes, removed = pickle.loads(blob)
-                for key, value in changes.items():
-                    shared[key] = pickle.loads(value)
+                SharedState.apply(shared, changes, removed)
             except Exception as exc:
                 raise _store_error(
                     f"store {self.label}: run {self.run_id!r}: the state recorded after step {node} cannot be "
-                    f"unpickled ({type(exc).__name__}: {exc}); forget the run to start it over"
+                    f"restored ({type(exc).__name__}: {exc}); forget the run to start it over"
                 ) from exc
-            for key in removed:
-                shared.pop(key, None)
             self.replay[(flow, n)] = action
 
     def baseline(self, shared: Mapping[Any, Any]) -> None:
-        """Remember ``shared`` as the state the next step's changes are measured from.
-
-        A value that cannot be pickled is taken as the run's input (a client, say):
-        not recorded, and unchanged as long as it is the same object.
-        """
-        snapshot = self.snapshot
-        snapshot.clear()
-        for key, value in shared.items():
-            try:
-                blob: bytes | None = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                blob = None
-            snapshot[key] = (value, blob)
+        """Take ``shared`` as the state the next step's changes are measured from."""
+        self.state.baseline(shared)
 
     def record_step(self, flow: str, n: int, node: str, action: str | None, shared: Any) -> None:
         """Append step ``n`` of the walk at ``flow``: the node's place, its action, what it changed."""
@@ -368,30 +511,29 @@ class Session:
                 f"{node}: a durable flow records the top-level keys of shared each step changes, so shared must "
                 f"be a dict, not {type(shared).__name__}; run the flow with durable=False to record its batches only"
             )
-        snapshot = self.snapshot
-        changes: dict[Any, bytes] = {}
-        for key, value in shared.items():
-            old = snapshot.get(key)
-            if old is not None and old[0] is value and (old[1] is None or type(value) in _ATOMIC):
-                continue
-            try:
-                blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:
-                raise TypeError(
-                    f"{node}: after this step shared[{key!r}] is {_brief(value)}, which cannot be pickled "
-                    f"({type(exc).__name__}: {exc}); a durable flow records the top-level keys of shared that "
-                    "each step changes: keep what cannot be pickled out of shared (in a node attribute, or in "
-                    "shared before the run starts, where it is taken as an input), or set durable=False on the flow"
-                ) from exc
-            if old is None or old[1] != blob:
-                changes[key] = blob
-            snapshot[key] = (value, blob)
-        removed = [key for key in snapshot if key not in shared]
-        for key in removed:
-            del snapshot[key]
-        keys = ", ".join([str(k) for k in changes] + [f"-{k}" for k in removed])
+        try:
+            changes, removed = self.state.diff(shared)
+        except Unpicklable as exc:
+            error = exc.error
+            raise TypeError(
+                f"{node}: after this step shared[{exc.key!r}] is {_brief(exc.value)}, which cannot be pickled "
+                f"({type(error).__name__}: {error}); a durable flow records the top-level keys of shared that "
+                "each step changes: keep what cannot be pickled out of shared (in a node attribute, or in shared "
+                "before the run starts, where it is taken as an input), or set durable=False on the flow"
+            ) from error
         self.journal.append(
-            ("step", self.run_id, self.gen, flow, n, node, action, keys, pickle.dumps((changes, removed)), time.time())
+            (
+                "step",
+                self.run_id,
+                self.gen,
+                flow,
+                n,
+                node,
+                action,
+                SharedState.describe(changes, removed),
+                _dumps((changes, removed)),
+                time.time(),
+            )
         )
 
 
@@ -507,17 +649,21 @@ class Recorder:
         try:
             blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            self._drop(key, None, failure=False)
-            raise TypeError(
-                f"{self.name}: the result of {self._what(index, item)} ({_brief(item)}) is {_brief(value)}, "
-                f"which cannot be pickled ({type(exc).__name__}: {exc}), so a durable run cannot record it: "
-                f"return a picklable value, or set durable=False on {self.name}"
-            ) from exc
+            raise self._refuse(key, value, index, item, exc) from exc
         self.seen[key] = blob
         self.journal.append((self.node_id, key, blob))
         pending = self.inflight.pop(key)
         if pending is not None:
             pending.set(pickle.loads(blob))
+
+    def _refuse(self, key: str, value: Any, index: int | None, item: Any, exc: Exception) -> TypeError:
+        """The error for a result that cannot be pickled (the item fails: never a silent re-run)."""
+        self._drop(key, None, failure=False)
+        return TypeError(
+            f"{self.name}: the result of {self._what(index, item)} ({_brief(item)}) is {_brief(value)}, "
+            f"which cannot be pickled ({type(exc).__name__}: {exc}), so a durable run cannot record it: "
+            f"return a picklable value, or set durable=False on {self.name}"
+        )
 
     def _drop(self, key: str, error: BaseException | None, *, failure: bool = True) -> None:
         """``key``'s computation ended without a result: a duplicate waiting for it tries itself."""
@@ -645,17 +791,17 @@ class Recorder:
                         self._drop(key, exc)
                         raise
                     try:
-                        blob = dumps(value, protocol)
-                    except Exception:
-                        self._keep(key, value, None, item)  # raises the error that names node and item
-                    seen[key] = blob
-                    queue.append((node_id, key, blob))
+                        result = dumps(value, protocol)
+                    except Exception as exc:
+                        raise self._refuse(key, value, None, item, exc) from exc
+                    seen[key] = result
+                    queue.append((node_id, key, result))
                     if len(queue) >= FLUSH_ROWS and not journal.kicked:
                         journal.kicked = True
                         journal.wake.set()
                     pending = inflight.pop(key)
                     if pending is not None:
-                        pending.set(pickle.loads(blob))
+                        pending.set(pickle.loads(result))
                     if plain:
                         await trio.lowlevel.checkpoint()
                     return value
@@ -684,7 +830,7 @@ async def recorder_for(node: Node, noun: str = "item") -> Recorder | None:
     session.journal.append(("node", nid, session.run_id, text, version, session.gen))
     stored: dict[str, bytes]
     stale: set[str]
-    if session.fresh:
+    if session.fresh or nid not in session.known:
         stored, stale = {}, set()
     else:
         stored, stale = await session.journal.call("load_done", nid)
@@ -804,6 +950,8 @@ async def run_durable(node: Node, shared: Any, store: Any, run_id: str | None) -
     try:
         lease = await journal.call("lease", run_id, journal.owner, LEASE_SECONDS)
         session = Session(journal, run_id, lease, label)
+        if not lease.fresh:
+            session.known = await journal.call("recorded", run_id)
         if walked:
             if lease.resumed:
                 session.restore(shared, await journal.call("load_steps", run_id, lease.gen))

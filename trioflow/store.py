@@ -243,6 +243,9 @@ class Connection(Protocol):
             LeaseError: another live process holds it.
         """
 
+    def recorded(self, run_id: str) -> set[int]:
+        """The batches of ``run_id`` that have results (so a batch not among them loads nothing)."""
+
     def load_done(self, node_id: int) -> tuple[dict[str, bytes], set[str]]:
         """The recorded results of a batch (key -> pickled value) and which of those keys are stale."""
 
@@ -552,6 +555,16 @@ class SQLiteConnection:
                 return Lease(gen=gen, resumed=resumed, fresh=False)
         except sqlite3.Error as exc:
             raise self._fail(exc, f"taking the lease of run {run_id!r}") from exc
+
+    def recorded(self, run_id: str) -> set[int]:
+        try:
+            return {nid for (nid,) in self.db.execute(
+                "SELECT node_id FROM nodes n WHERE run_id = ? AND EXISTS "
+                "(SELECT 1 FROM results x WHERE x.node_id = n.node_id AND x.status = 0)",
+                (run_id,),
+            )}
+        except sqlite3.Error as exc:
+            raise self._fail(exc, f"loading the batches of run {run_id!r}") from exc
 
     def load_done(self, node_id: int) -> tuple[dict[str, bytes], set[str]]:
         try:
