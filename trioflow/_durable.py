@@ -124,6 +124,11 @@ def _name(node: object) -> str:
     return type(node).__name__
 
 
+def place_text(place: tuple[str, ...]) -> str:
+    """A place as the store shows it: ``Flow/Grid_1[{"name":"g3"}]/Blur_1``."""
+    return "".join(segment if segment[:1] == "[" else "/" + segment for segment in place)[1:]
+
+
 def _brief(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -594,7 +599,7 @@ class Recorder:
         self.run_id = session.run_id
         self.name = _name(node)
         self.place = place
-        self.place_text = "/".join(place)
+        self.place_text = place_text(place)
         self.version = str(node.version)
         self.node_id = node_id
         self.noun = noun
@@ -824,7 +829,7 @@ async def recorder_for(node: Node, noun: str = "item") -> Recorder | None:
     from .store import node_id
 
     place = _place.get() or (_name(node),)
-    text = "/".join(place)
+    text = place_text(place)
     version = str(node.version)
     nid = node_id(session.run_id, text, version)
     session.journal.append(("node", nid, session.run_id, text, version, session.gen))
@@ -854,7 +859,7 @@ class FlowWalk:
     def __init__(self, session: Session, flow: Node) -> None:
         self.session = session
         self.place = _place.get() or (_name(flow),)
-        self.flow_place = "/".join(self.place)
+        self.flow_place = place_text(self.place)
         self.ids = session.graph_ids(flow)
         self.visits: dict[str, int] = {}
         self.n = 0
@@ -879,7 +884,7 @@ class FlowWalk:
 
     def record(self, action: str | None, shared: Any) -> None:
         if self.durable:
-            self.session.record_step(self.flow_place, self.n - 1, "/".join(self.step_place), action, shared)
+            self.session.record_step(self.flow_place, self.n - 1, place_text(self.step_place), action, shared)
 
 
 def flow_walk(flow: Node) -> FlowWalk | None:
