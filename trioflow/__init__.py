@@ -60,6 +60,15 @@ def run(flow_or_node: Node, shared: Any, *, store: Any = None, run_id: str | Non
     """
     if not isinstance(flow_or_node, Node):
         raise TypeError(f"trioflow.run needs a trioflow Node or Flow, not {flow_or_node!r}")
-    if store is None and run_id is None:
-        return trio.run(flow_or_node.run, shared)
-    return trio.run(functools.partial(flow_or_node.run, shared, store=store, run_id=run_id))
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        if store is None and run_id is None:
+            return trio.run(flow_or_node.run, shared)
+        return trio.run(functools.partial(flow_or_node.run, shared, store=store, run_id=run_id))
+    name = type(flow_or_node).__name__
+    raise RuntimeError(
+        f"trioflow.run({name}, ...) was called inside a running Trio program; trioflow.run starts "
+        f"one (trio.run) for synchronous code. Inside async code, await the flow instead: "
+        f"`await flow.run(shared)`"
+    )
