@@ -582,6 +582,7 @@ class Recorder:
         "seen",
         "stale",
         "stored",
+        "used",
         "version",
     )
 
@@ -605,7 +606,8 @@ class Recorder:
         self.noun = noun
         default = getattr(type(node).item_key, "_trioflow_default", False)
         self.key_of: Callable[[Any], Any] = canonical_key if default else node.item_key
-        self.stored = stored  # recorded results not met yet in this batch
+        self.stored = stored  # results recorded by earlier runs
+        self.used: set[str] = set()  # the keys of ``stored`` met in this batch
         self.stale = stale  # recorded keys marked stale by the last full pass
         self.seen: dict[str, bytes] = {}  # keys met in this batch -> pickled result
         self.inflight: dict[str, Pending | None] = {}  # keys being computed -> what their duplicates wait on
@@ -695,17 +697,17 @@ class Recorder:
             TypeError: the item has no key (not JSON, and ``item_key`` not overridden).
         """
         key = self._key(index, item)
-        blob = self.seen.get(key)
-        if blob is None:
-            if key in self.inflight:
-                return self._pending(key)
-            if self.stored:
-                blob = self.stored.pop(key, None)
+        blob = self.stored.get(key) if self.stored else None
+        if blob is not None:
+            self.used.add(key)
+        else:
+            blob = self.seen.get(key)
             if blob is None:
+                if key in self.inflight:
+                    return self._pending(key)
                 self.inflight[key] = None
                 self.keys[index] = key
                 return MISSING
-            self.seen[key] = blob
         return self._load(blob, index, item)
 
     def record(self, index: int, item: Any, value: Any) -> None:
@@ -744,11 +746,11 @@ class Recorder:
 
     def finished(self) -> None:
         """The batch went through all its items: mark the recorded keys it did not meet stale."""
-        revived = [key for key in self.stale if key in self.seen]
-        self.journal.append(
-            ("finished", self.node_id, self.run_id, self.place_text, self.version, list(self.stored), revived)
-        )
-        self.stored = {}
+        used = self.used
+        unused = [key for key in self.stored if key not in used] if len(used) < len(self.stored) else []
+        revived = [key for key in self.stale if key in used]
+        self.journal.append(("finished", self.node_id, self.run_id, self.place_text, self.version, unused, revived))
+        self.stored, self.used = {}, set()
 
     # -- the fast path ----------------------------------------------------------------------------------
 
@@ -761,59 +763,69 @@ class Recorder:
         """
         seen = self.seen
         stored = self.stored
+        used = self.used
         inflight = self.inflight
         journal = self.journal
         queue = journal.queue
         key_of = self.key_of
+        canonical = key_of is canonical_key
         node_id = self.node_id
-        dumps = pickle.dumps
+        dumps, loads = pickle.dumps, pickle.loads
         protocol = pickle.HIGHEST_PROTOCOL
+        replays = 0
 
         async def durable(item: Any) -> Any:
+            nonlocal replays
+            if canonical and type(item) is int and len(key := int.__repr__(item)) <= KEY_TEXT_MAX:
+                pass  # canonical_key's answer, without the call
+            else:
+                try:
+                    key = key_of(item)
+                except Exception:
+                    key = self._key(None, item)  # raises the error that says what to do
+            blob = stored.get(key) if stored else None
+            if blob is not None:  # recorded by an earlier run
+                used.add(key)
+            else:
+                blob = seen.get(key)  # recorded by this batch (a duplicate)
+            if blob is not None:
+                try:
+                    value = loads(blob)
+                except Exception:
+                    value = self._load(blob, None, item)  # raises the error that says what to do
+                replays += 1
+                if not replays & (REPLAY_CHECKPOINT - 1):
+                    await trio.lowlevel.checkpoint()
+                return value
+            if key in inflight:  # a duplicate in flight: wait for its result
+                value = await self._pending(key).wait()
+                return value if value is not MISSING else await durable(item)
+            if type(key) is not str:
+                self._key(None, item)  # raises
+            if len(queue) + journal.writing >= MAX_BACKLOG:
+                await journal.wait_for_room()
+            inflight[key] = None
             try:
-                key = key_of(item)
-            except Exception:
-                key = self._key(None, item)  # raises the error that says what to do
-            blob = seen.get(key)
-            if blob is None:
-                if key in inflight:  # a duplicate in flight: wait for its result
-                    value = await self._pending(key).wait()
-                    return value if value is not MISSING else await durable(item)
-                if stored:
-                    blob = stored.pop(key, None)
-                if blob is None:
-                    if type(key) is not str:
-                        self._key(None, item)  # raises
-                    if len(queue) + journal.writing >= MAX_BACKLOG:
-                        await journal.wait_for_room()
-                    inflight[key] = None
-                    try:
-                        value = call(item)
-                        plain = not is_awaitable(value)
-                        if not plain:
-                            value = await value
-                    except BaseException as exc:
-                        self._drop(key, exc)
-                        raise
-                    try:
-                        result = dumps(value, protocol)
-                    except Exception as exc:
-                        raise self._refuse(key, value, None, item, exc) from exc
-                    seen[key] = result
-                    queue.append((node_id, key, result))
-                    if len(queue) >= FLUSH_ROWS and not journal.kicked:
-                        journal.kicked = True
-                        journal.wake.set()
-                    pending = inflight.pop(key)
-                    if pending is not None:
-                        pending.set(pickle.loads(result))
-                    if plain:
-                        await trio.lowlevel.checkpoint()
-                    return value
-                seen[key] = blob
-            value = self._load(blob, None, item)
-            self.replays += 1
-            if not self.replays & (REPLAY_CHECKPOINT - 1):
+                value = call(item)
+                plain = not is_awaitable(value)
+                if not plain:
+                    value = await value
+            except BaseException as exc:
+                self._drop(key, exc)
+                raise
+            try:
+                result = dumps(value, protocol)
+            except Exception as exc:
+                raise self._refuse(key, value, None, item, exc) from exc
+            seen[key] = result
+            queue.append((node_id, key, result))
+            if len(queue) >= FLUSH_ROWS and not journal.kicked:
+                journal.kicked = True
+                journal.wake.set()
+            pending = inflight.pop(key)
+            if pending is not None:
+                pending.set(loads(result))
+            if plain:
                 await trio.lowlevel.checkpoint()
             return value
 

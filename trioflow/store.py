@@ -110,6 +110,7 @@ CREATE TABLE results (
     stale   INTEGER NOT NULL,      -- 1: the last full pass over the batch did not meet this key (prune drops it)
     PRIMARY KEY (node_id, key)
 ) WITHOUT ROWID;
+CREATE INDEX results_stale ON results (node_id) WHERE stale = 1;  -- few rows: loading a batch finds them at once
 
 -- One row per finished flow step: its action and the top-level keys of shared it changed.
 CREATE TABLE steps (
@@ -570,7 +571,8 @@ class SQLiteConnection:
         try:
             done = dict(self.db.execute("SELECT key, value FROM results WHERE node_id = ? AND status = 0", (node_id,)))
             stale = {k for (k,) in self.db.execute(
-                "SELECT key FROM results WHERE node_id = ? AND status = 0 AND stale = 1", (node_id,)
+                "SELECT key FROM results INDEXED BY results_stale WHERE node_id = ? AND stale = 1 AND status = 0",
+                (node_id,),
             )}
         except sqlite3.Error as exc:
             raise self._fail(exc, "loading recorded results") from exc
