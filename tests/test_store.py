@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import pty
+import re
 import sqlite3
 import subprocess
 import sys
@@ -932,6 +933,41 @@ class TestStoreCommandLine:
         )
         assert done.returncode == 1 and f"error: store {bad}" in done.stderr and "not a database" in done.stderr
         assert main([str(tmp_path / "missing.db")], out=io.StringIO()) == 1
+
+
+class TestReadmeGuide:
+    def test_survive_a_crash_shell_session_runs_as_shown(self, tmp_path: Path) -> None:
+        """README's "Survive a crash" console block, run as shown on its summarize.py: killed, resumed (making
+        fewer calls than a full run), replayed (no call), and the command line prints what the block shows."""
+        text = (ROOT / "README.md").read_text(encoding="utf-8")
+        section = text[text.index("### Survive a crash") :]
+        section = section[: section.index("\n## ")]
+        program = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+        session = re.search(r"```console\n(.*?)```", section, re.DOTALL)
+        assert program is not None and session is not None
+        (tmp_path / "summarize.py").write_text(program.group(1))
+        steps: list[tuple[str, list[str]]] = []
+        for line in session.group(1).splitlines():
+            if line.startswith("$ "):
+                steps.append((line[2:], []))
+            else:
+                steps[-1][1].append(line)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        when = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+        calls = re.compile(r"(\d+) summaries, (\d+) calls made this time")
+        for number, (command, shown) in enumerate(steps):
+            done = subprocess.run(
+                ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+            )
+            assert done.returncode == 0, (command, done.stderr)
+            got = [when.sub("<time>", line) for line in done.stdout.splitlines()]
+            want = [when.sub("<time>", line) for line in shown]
+            if number == 1:  # the resumed run: how many calls were left depends on when the kill came
+                (line,) = got
+                match = calls.fullmatch(line)
+                assert match is not None and match.group(1) == "2000" and 0 < int(match.group(2)) <= 2001
+            else:
+                assert got == want, command
 
 
 def test_pickled_records_are_plain_data() -> None:

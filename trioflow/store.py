@@ -774,7 +774,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
             ]
             _table(out, title, ["batch", "version", "gen", "finished", "done", "failed", "stale"], nodes, rich)
             steps = [[str(s.seq), s.node, repr(s.action), s.keys or "-", _when(s.at)] for s in store.steps(args.run)]
-            _table(out, f"{len(steps)} steps recorded", ["#", "node", "action", "changed", "at"], steps, rich)
+            _table(out, f"{len(steps)} steps recorded", ["step", "node", "action", "changed", "at"], steps, rich)
         elif args.command == "forget":
             if not store.forget(args.run):
                 print(f"no run {args.run!r} in {store.path}", file=sys.stderr)
