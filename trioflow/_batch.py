@@ -116,14 +116,11 @@ async def _run_one(
             admission.exit(hold)
 
 
-async def runner_for(node: Any, call: Any, *, with_index: bool = False) -> ItemRunner:
+def runner_for(node: Any, call: Any, *, with_index: bool = False, recorder: Any = None) -> ItemRunner:
     """The item runner of one batch of ``node``: its throttle (sequential kinds; the pool adds
     the rest of the admission), its executor, the instruments attached now, and in a durable
-    run its recorder (the batch's recorded results are loaded first)."""
+    run its ``recorder`` (:func:`trioflow._durable.recorder_for`, awaited by the caller)."""
     throttle = getattr(node, "throttle", None)
-    recorder = None
-    if _durable.current() is not None:
-        recorder = await _durable.recorder_for(node, "param set" if with_index else "item")
     return ItemRunner(
         node,
         call,
@@ -163,7 +160,8 @@ class BatchNode(Node):
 
     async def _exec(self, prep_res: Any) -> list[Any]:
         items = check_items(self, prep_res)
-        return await run_sequential(self, await runner_for(self, self.exec), items)
+        recorder = await _durable.recorder_for(self) if _durable.current() is not None else None
+        return await run_sequential(self, runner_for(self, self.exec, recorder=recorder), items)
 
 
 @attrs.define(slots=False, eq=False, kw_only=True)
@@ -221,7 +219,8 @@ class ParallelBatchNode(BatchNode):
 
     async def _exec(self, prep_res: Any) -> list[Any]:
         items = check_items(self, prep_res)
-        return await run_parallel(self, await runner_for(self, self.exec), items)
+        recorder = await _durable.recorder_for(self) if _durable.current() is not None else None
+        return await run_parallel(self, runner_for(self, self.exec, recorder=recorder), items)
 
 
 async def run_parallel(node: Any, runner: ItemRunner, items: Iterable[Any] | AsyncIterable[Any]) -> list[Any]:

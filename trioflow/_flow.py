@@ -217,7 +217,8 @@ class BatchFlow(Flow):
     async def _run_flow(self, shared: Any) -> str | None:
         prep_res = await call(self.prep, shared)
         param_sets = check_items(self, prep_res)
-        runner = await runner_for(self, functools.partial(self._sub_run, shared), with_index=True)
+        recorder = await _durable.recorder_for(self, "param set") if _durable.current() is not None else None
+        runner = runner_for(self, functools.partial(self._sub_run, shared), with_index=True, recorder=recorder)
         results = await self._run_all(runner, param_sets)
         return check_action(self, await call(self.post, shared, prep_res, results))
 
