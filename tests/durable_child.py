@@ -12,7 +12,9 @@
 - ``kill_at`` / ``interrupt_at``: the process sends itself SIGKILL / SIGINT when the
   ``kill_at``-th exec call (1-based) starts;
 - ``block_at``: the exec call that waits (up to 60 s) for the file ``release`` to exist;
-- ``fail``: keys whose exec raises (``max_retries`` attempts, then the batch fails).
+- ``fail``: keys whose exec raises (``max_retries`` attempts, then the batch fails);
+- ``flush_seconds``: the store's writer commits this seldom (unless 4,096 results wait), so
+  what is committed when the run ends was committed by the run's final flush.
 
 The process's exit code says how it ended: 0 done, 3 lease refused (the LeaseError is
 printed), 4 a batch failed; killed by a signal otherwise.
@@ -191,6 +193,10 @@ def per_doc_flow(cap: int) -> trioflow.Flow:
 def main() -> int:
     global _log_fd
     _log_fd = os.open(SPEC["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    if "flush_seconds" in SPEC:
+        from trioflow import _durable
+
+        _durable.FLUSH_SECONDS = SPEC["flush_seconds"]
     n, cap = SPEC["n"], SPEC["cap"]
     node: trioflow.Node
     if SPEC["kind"] == "batch":

@@ -367,6 +367,17 @@ class TestDurableBatch:
         assert shared["results"] == [[1, "v"], [2, "v"], [1, "v"], [1, "v"], [3, "v"]]
         assert shared["results"][0] is not shared["results"][2]
 
+    def test_duplicate_of_a_finished_item_reads_its_result_back_from_the_store(self, tmp_path: Path) -> None:
+        """One after another (BatchNode), a repeated item finds its twin finished: exec runs once, the
+        duplicate's result is read back from the store (the batch keeps keys, not results)."""
+        calls = Calls()
+        node = SeqEcho()
+        node.set_params({"calls": calls, "unit": 0})
+        shared: dict[str, Any] = {"items": [7, 8, 7]}
+        mock_run(lambda: node.run(shared, store=tmp_path / "s.db", run_id="r"))
+        assert calls == [7, 8] and shared["results"] == [[7, "v"], [8, "v"], [7, "v"]]
+        assert shared["results"][0] is not shared["results"][2]
+
     def test_duplicate_of_an_item_that_fails_runs_for_itself(self, tmp_path: Path) -> None:
         """When the first of two equal items fails (collected), the duplicate waiting on it tries on its own."""
         calls = Calls()
@@ -695,6 +706,22 @@ class TestDurableFlow:
         flow.set_params({"calls": []})
         with pytest.raises(TypeError, match=r"Flow/PutsLock_1: after this step shared\['lock'\] is <unlocked"):
             trioflow.run(flow, {"trail": []}, store=tmp_path / "s.db", run_id="lock")
+
+    def test_flow_with_durable_False_walks_again_but_its_batches_replay(self, tmp_path: Path) -> None:
+        """A flow with durable=False records no step (run again, each step's prep runs), yet its batch's
+        items and plain nodes' exec results are recorded: no exec runs twice."""
+        calls: list[Any] = []
+        for _ in range(2):
+            flow = pipeline()
+            flow.durable = False
+            flow.set_params({"calls": calls})
+            trioflow.run(flow, {"trail": [], "items": [1, 2, 3]}, store=tmp_path / "s.db", run_id="p")
+        assert [c for c in calls if isinstance(c, tuple) and c[0] == "prep"] == [
+            ("prep", name) for name in ["A", "Loop", "B", "Loop", "B", "Loop", "C"] * 2
+        ]
+        assert sorted(c for c in calls if isinstance(c, int)) == [1, 2, 3]  # the batch's items ran once
+        assert len([c for c in calls if isinstance(c, tuple) and c[0] == "exec"]) == 7
+        assert SQLiteStore(tmp_path / "s.db").steps("p") == []
 
     def test_flow_needs_a_dict_for_shared(self, tmp_path: Path) -> None:
         """A durable flow with a list for shared is a TypeError before anything runs."""

@@ -196,7 +196,7 @@ class TestKillAndResume:
     ) -> None:
         """A real SIGINT from outside, once 3,000 calls started: KeyboardInterrupt, every finished result committed
         (nothing uncommitted), and the resumed run reruns only the items that were in flight."""
-        spec = spec_for("batch", tmp_path, latency=0.002)
+        spec = spec_for("batch", tmp_path, latency=0.002, flush_seconds=600)  # only the final flush commits
         log = Path(spec["log"])
         child = subprocess.Popen(
             [sys.executable, str(CHILD), json.dumps(spec)], cwd=ROOT, env=child_env(), stderr=subprocess.PIPE, text=True
@@ -230,7 +230,7 @@ class TestKillAndResume:
         """doc-7 fails both its attempts and the batch stops (exit 4); run again (the API is back), only doc-7
         and the items not finished run, and the results equal an uninterrupted run's."""
         spec = spec_for("batch", tmp_path)
-        failing = run_child({**spec, "fail": ["doc-7"], "max_retries": 2})
+        failing = run_child({**spec, "fail": ["doc-7"], "max_retries": 2, "flush_seconds": 600})
         assert failing.returncode == 4 and "ConnectionError" in failing.stdout
         log1 = read_log(Path(spec["log"]))
         ended1 = {key for what, key in log1 if what == "end"}

@@ -84,6 +84,9 @@ KEY_TEXT_MAX = 64
 
 _session: contextvars.ContextVar[Session | None] = contextvars.ContextVar("trioflow_durable", default=None)
 _place: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("trioflow_durable_place", default=())
+#: False inside a flow with ``durable=False``: the flows nested in it record no steps either
+#: (it walks again from its start on resume, and so do they).
+_steps_recorded: contextvars.ContextVar[bool] = contextvars.ContextVar("trioflow_steps_recorded", default=True)
 
 #: The durable run the running code is part of, or None (the fast path: one context-variable read).
 current = _session.get
@@ -551,14 +554,29 @@ def _store_error(message: str) -> Exception:
 # -- done before? and record: one batch -----------------------------------------------------------------
 
 
+class Reread(Pending):
+    """A duplicate of an item its batch already computed: its result is read back from the store."""
+
+    __slots__ = ("args", "recorder")
+
+    def __init__(self, recorder: Recorder, key: str, index: int | None, item: Any) -> None:
+        super().__init__()
+        self.recorder = recorder
+        self.args = (key, index, item)
+
+    async def wait(self) -> Any:
+        return await self.recorder.reread(*self.args)
+
+
 class Recorder:
     """The store's side of one batch: its recorded results, and the record of new ones.
 
     Built once per batch (:func:`recorder_for`), after the batch's recorded
     results are loaded.  Each item's key is computed once.  A key met twice in
     one batch is computed once: the second item waits for the first (holding no
-    admission) and gets its own copy of the result, as a replay would, so the
-    batch keeps the pickled result of each key it met.
+    admission) and gets its own copy of the result, as a replay would.  The batch
+    keeps the key of each item it computed (not its result: a duplicate of an item
+    finished earlier reads its result back from the store).
 
     Two ways in: :meth:`wrap` gives an ``async def`` function of the item, with
     the stages around the call, for an item that needs nothing else (the pool
@@ -609,7 +627,7 @@ class Recorder:
         self.stored = stored  # results recorded by earlier runs
         self.used: set[str] = set()  # the keys of ``stored`` met in this batch
         self.stale = stale  # recorded keys marked stale by the last full pass
-        self.seen: dict[str, bytes] = {}  # keys met in this batch -> pickled result
+        self.seen: set[str] = set()  # keys this batch computed and recorded
         self.inflight: dict[str, Pending | None] = {}  # keys being computed -> what their duplicates wait on
         self.keys: dict[int, str] = {}  # index -> key of the items the ItemRunner is computing
         self.replays = 0
@@ -657,7 +675,7 @@ class Recorder:
             blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise self._refuse(key, value, index, item, exc) from exc
-        self.seen[key] = blob
+        self.seen.add(key)
         self.journal.append((self.node_id, key, blob))
         pending = self.inflight.pop(key)
         if pending is not None:
@@ -700,14 +718,20 @@ class Recorder:
         blob = self.stored.get(key) if self.stored else None
         if blob is not None:
             self.used.add(key)
-        else:
-            blob = self.seen.get(key)
-            if blob is None:
-                if key in self.inflight:
-                    return self._pending(key)
-                self.inflight[key] = None
-                self.keys[index] = key
-                return MISSING
+            return self._load(blob, index, item)
+        if key in self.seen:
+            return Reread(self, key, index, item)
+        if key in self.inflight:
+            return self._pending(key)
+        self.inflight[key] = None
+        self.keys[index] = key
+        return MISSING
+
+    async def reread(self, key: str, index: int | None, item: Any) -> Any:
+        """The result this batch recorded for ``key``, read back from the store (a duplicate)."""
+        blob = await self.journal.call("load_result", self.node_id, key)
+        if blob is None:  # pragma: no cover - the store lost what it committed
+            raise _store_error(f"{self.name}: the result of {self._what(index, item)} was recorded but is gone")
         return self._load(blob, index, item)
 
     def record(self, index: int, item: Any, value: Any) -> None:
@@ -786,9 +810,6 @@ class Recorder:
             blob = stored.get(key) if stored else None
             if blob is not None:  # recorded by an earlier run
                 used.add(key)
-            else:
-                blob = seen.get(key)  # recorded by this batch (a duplicate)
-            if blob is not None:
                 try:
                     value = loads(blob)
                 except Exception:
@@ -797,6 +818,8 @@ class Recorder:
                 if not replays & (REPLAY_CHECKPOINT - 1):
                     await trio.lowlevel.checkpoint()
                 return value
+            if key in seen:  # a duplicate of an item this batch computed
+                return await self.reread(key, None, item)
             if key in inflight:  # a duplicate in flight: wait for its result
                 value = await self._pending(key).wait()
                 return value if value is not MISSING else await durable(item)
@@ -817,7 +840,7 @@ class Recorder:
                 result = dumps(value, protocol)
             except Exception as exc:
                 raise self._refuse(key, value, None, item, exc) from exc
-            seen[key] = result
+            seen.add(key)
             queue.append((node_id, key, result))
             if len(queue) >= FLUSH_ROWS and not journal.kicked:
                 journal.kicked = True
@@ -862,11 +885,12 @@ class FlowWalk:
 
     ``next(wired)`` advances to the next step and returns the action a resumed
     run recorded for it (the flow then skips it), or :data:`MISSING`.  A flow
-    with ``durable=False`` still places its steps (its batches are recorded)
-    but neither records nor replays them: on resume it walks again from its start.
+    with ``durable=False`` (or inside one) still places its steps (its batches
+    are recorded) but neither records nor replays them: on resume it walks again
+    from its start.
     """
 
-    __slots__ = ("durable", "flow_place", "ids", "n", "place", "session", "step_place", "visits")
+    __slots__ = ("durable", "flow_place", "ids", "n", "off", "place", "session", "step_place", "visits")
 
     def __init__(self, session: Session, flow: Node) -> None:
         self.session = session
@@ -875,8 +899,9 @@ class FlowWalk:
         self.ids = session.graph_ids(flow)
         self.visits: dict[str, int] = {}
         self.n = 0
-        self.durable = bool(flow.durable)
+        self.durable = bool(flow.durable) and _steps_recorded.get()
         self.step_place = self.place
+        self.off: contextvars.Token[bool] | None = None
 
     def next(self, wired: Node) -> Any:
         ident = self.ids.get(id(wired)) or _name(wired)
@@ -889,10 +914,15 @@ class FlowWalk:
         return MISSING
 
     def enter(self) -> contextvars.Token[tuple[str, ...]]:
+        if not self.durable:
+            self.off = _steps_recorded.set(False)
         return _place.set(self.step_place)
 
     def leave(self, token: contextvars.Token[tuple[str, ...]]) -> None:
         _place.reset(token)
+        if self.off is not None:
+            _steps_recorded.reset(self.off)
+            self.off = None
 
     def record(self, action: str | None, shared: Any) -> None:
         if self.durable:

@@ -105,7 +105,8 @@ class Recorder(Protocol):
 
 
 class Pending:
-    """A result not there yet: an item whose key is being computed by another item of its batch.
+    """A result not at hand: an item whose key is being computed by another item of its batch
+    (or, for the store's subclass, one to read back from the store).
 
     ``await pending.wait()`` returns the result, or :data:`MISSING` if the
     other item failed (then this one runs for itself).

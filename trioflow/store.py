@@ -250,6 +250,9 @@ class Connection(Protocol):
     def load_done(self, node_id: int) -> tuple[dict[str, bytes], set[str]]:
         """The recorded results of a batch (key -> pickled value) and which of those keys are stale."""
 
+    def load_result(self, node_id: int, key: str) -> bytes | None:
+        """One recorded result (for a duplicate of an item its batch computed), or None."""
+
     def load_steps(self, run_id: str, gen: int) -> list[tuple[str, int, str, str | None, bytes]]:
         """The finished steps of a generation, in commit order: ``(flow, n, node, action, changes)``."""
 
@@ -577,6 +580,15 @@ class SQLiteConnection:
         except sqlite3.Error as exc:
             raise self._fail(exc, "loading recorded results") from exc
         return done, stale
+
+    def load_result(self, node_id: int, key: str) -> bytes | None:
+        try:
+            row = self.db.execute(
+                "SELECT value FROM results WHERE node_id = ? AND key = ? AND status = 0", (node_id, key)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "loading a recorded result") from exc
+        return None if row is None else row[0]
 
     def load_steps(self, run_id: str, gen: int) -> list[tuple[str, int, str, str | None, bytes]]:
         try:
