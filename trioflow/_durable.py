@@ -25,7 +25,13 @@ What is recorded, and when:
   for an item whose ``exec_fallback`` stood in;
 - each finished flow step (:class:`FlowWalk`): the flow's place, the step's
   number in the walk, the node's place, the action, and the top-level keys of
-  ``shared`` that changed since the last recorded step (pickled one by one).
+  ``shared`` that changed since the last recorded step (:class:`SharedState`:
+  pickled one by one; for a dict or list changed in place, its new entries).
+
+What a crash costs: the items in flight, and the results appended since the
+last commit began (at most :data:`MAX_BACKLOG`; a new item waits when that many
+are uncommitted).  A run that returns, raises or is cancelled (Ctrl-C) commits
+everything first (the close is shielded).
 
 A resumed run (the last generation of ``run_id`` did not finish) applies the
 recorded steps' changes to ``shared``, skips each recorded step when its walk

@@ -24,8 +24,9 @@ closed on one writer thread that the run starts for it: the Trio task never
 blocks on the store.  Results are appended to an in-memory queue without an
 await; the writer commits the queue every 50 ms or 4,096 records with one
 :meth:`Connection.put_many` (one transaction), and runs the rare calls the run
-awaits (:meth:`~Connection.lease`, :meth:`~Connection.load_done`,
-:meth:`~Connection.load_steps`, :meth:`~Connection.release`) in between.  So a
+awaits (:meth:`~Connection.lease`, :meth:`~Connection.recorded`,
+:meth:`~Connection.load_done` once per batch, :meth:`~Connection.load_steps`,
+:meth:`~Connection.release`) in between.  So a
 backend is plain blocking code: a Postgres one would open a *synchronous*
 psycopg connection in :meth:`Store.open` (psycopg's and asyncpg's async
 drivers are asyncio-only: they cannot run in a Trio task, and need not), take
