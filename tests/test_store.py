@@ -705,7 +705,7 @@ class TestDurableFlow:
         flow = trioflow.Flow(start=PutsLock())
         flow.set_params({"calls": []})
         with pytest.raises(TypeError, match=r"Flow/PutsLock_1: after this step shared\['lock'\] is <unlocked"):
-            trioflow.run(flow, {"trail": []}, store=tmp_path / "s.db", run_id="lock")
+            mock_run(lambda: flow.run({"trail": []}, store=tmp_path / "s.db", run_id="lock"))
 
     def test_flow_with_durable_False_walks_again_but_its_batches_replay(self, tmp_path: Path) -> None:
         """A flow with durable=False records no step (run again, each step's prep runs), yet its batch's
@@ -715,7 +715,7 @@ class TestDurableFlow:
             flow = pipeline()
             flow.durable = False
             flow.set_params({"calls": calls})
-            trioflow.run(flow, {"trail": [], "items": [1, 2, 3]}, store=tmp_path / "s.db", run_id="p")
+            mock_run(lambda: flow.run({"trail": [], "items": [1, 2, 3]}, store=tmp_path / "s.db", run_id="p"))  # noqa: B023
         assert [c for c in calls if isinstance(c, tuple) and c[0] == "prep"] == [
             ("prep", name) for name in ["A", "Loop", "B", "Loop", "B", "Loop", "C"] * 2
         ]
