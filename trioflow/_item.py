@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from . import _instrument
+from ._throttle import current_ticket
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -246,6 +247,7 @@ async def attempts(
     while True:
         # Set the attempt only when it differs from what this task already sees.
         token = attempt_var.set(attempt) if attempt_var.get() != attempt else None
+        ticket_token = None
         try:
             plain = False
             try:
@@ -254,6 +256,8 @@ async def attempts(
                     if throttled_since is not None:
                         throttled_for += trio.current_time() - throttled_since
                         throttled_since = None
+                    if throttle is not None:  # for ``Node.report_usage`` inside exec
+                        ticket_token = current_ticket.set(hold.ticket)
                 if runner.attached is not None:
                     runner.attached.emit("attempt_started", runner.event_node, index, attempt)
                 if timeout is None:
@@ -294,6 +298,8 @@ async def attempts(
         finally:
             if token is not None:
                 attempt_var.reset(token)
+            if ticket_token is not None:
+                current_ticket.reset(ticket_token)
         # ``error`` failed this attempt: retry, or fall back.
         if attempt + 1 >= node.max_retries or not isinstance(error, node.retry_on):
             value = node.exec_fallback(item, error)
