@@ -581,7 +581,7 @@ class Throttle:
 
     def _expire(self, now: float) -> None:
         window = self._window
-        while window and window[0][0] <= now - TOKEN_WINDOW:
+        while window and window[0][0] + TOKEN_WINDOW <= now:  # the same sum as in _next_start
             self._used -= window.popleft()[1]
         if not window:
             self._used = 0.0  # no float drift once the window empties
@@ -621,7 +621,7 @@ class Throttle:
         if after is None or not after >= 0 or not math.isfinite(after):
             after = DEFAULT_COOL_DOWN
         until = now + after * (1 + random.uniform(0, COOL_DOWN_JITTER))
-        if until > self._cool_until:
+        if until > max(self._cool_until, now):
             if self._cool_until <= now:
                 self._cool_downs += 1
             self._cool_until = until
