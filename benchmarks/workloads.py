@@ -31,8 +31,9 @@ import trioflow
 
 # The systems of each scenario, trioflow first.  A peer that has no cap
 # (PocketFlow's asyncio.gather) runs uncapped whatever the cap of its row.
-TRIVIAL_SYSTEMS = ("trioflow", "pocketflow", "asyncio-sem", "aiometer", "trio-nursery", "trio-pool")
-LATENCY_SYSTEMS = ("trioflow", "asyncio-sem", "aiometer", "trio-nursery", "trio-pool")
+TRIVIAL_SYSTEMS = ("trioflow", "pocketflow", "asyncio-sem", "aiometer", "trio-nursery", "trio-lean", "trio-pool")
+LATENCY_SYSTEMS = ("trioflow", "asyncio-sem", "aiometer", "trio-nursery", "trio-lean", "trio-pool")
+POOLS = ("trio-lean", "trio-pool")  # worker pools: with no cap they would be the raw nursery, so they sit out
 FLOW_SYSTEMS = ("trioflow", "pocketflow", "trio-nursery")
 
 SYSTEM_LABELS = {
@@ -42,7 +43,9 @@ SYSTEM_LABELS = {
     "aiometer": "aiometer.run_on_each on Trio",
     "trio-nursery": "raw Trio nursery, a task per item (+ CapacityLimiter if capped); "
     "in scenario 3 the three steps inline, no nodes",
-    "trio-pool": "hand-written Trio worker pool (the floor)",
+    "trio-lean": "leanest hand-written Trio pool, the floor: workers share one iterator and await the sleep "
+    "inline",
+    "trio-pool": "hand-written Trio worker pool, one coroutine call per item (a second reference)",
     "ideal": "ideal: ceil(N/cap) x latency",
 }
 
@@ -102,8 +105,31 @@ async def trio_nursery(n: int, cap: int | None, delay: float) -> list[Any]:
     return results
 
 
+async def trio_lean(n: int, cap: int | None, delay: float) -> list[Any]:
+    """The floor: ``cap`` workers share one iterator and await the sleep inline, no call per item.
+
+    Nothing is added around the per-item ``await trio.sleep(delay)``: each worker
+    takes the next item, reserves its slot in the result list (input order) and
+    fills it when the sleep returns.
+    """
+    results: list[Any] = []
+    source = items(n)
+
+    async def worker() -> None:
+        for item in source:
+            index = len(results)
+            results.append(None)
+            await trio.sleep(delay)
+            results[index] = item
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(cap if cap is not None else n):
+            nursery.start_soon(worker)
+    return results
+
+
 async def trio_pool(n: int, cap: int | None, delay: float) -> list[Any]:
-    """The floor: ``cap`` workers share one iterator; no engine around the work."""
+    """A second reference: the pool of :func:`trio_lean`, but each item is a call of the work coroutine."""
     work = trio_work(delay)
     results: list[Any] = []
     source = items(n)
@@ -301,6 +327,7 @@ TRIO_RUNNERS: dict[tuple[str, str], Runner] = {
     ("trivial", "trioflow"): trioflow_batch,
     ("trivial", "aiometer"): aiometer_each,
     ("trivial", "trio-nursery"): trio_nursery,
+    ("trivial", "trio-lean"): trio_lean,
     ("trivial", "trio-pool"): trio_pool,
     ("flow", "trioflow"): trioflow_flow,
     ("flow", "trio-nursery"): trio_flow_raw,

@@ -10,7 +10,7 @@ import trio.testing
 from hypothesis import given
 
 import trioflow
-from tests.fakes import Planned
+from tests.fakes import CoolingThrottle, Planned, Throttled
 from tests.strategies import caps, item_plans
 from trioflow import _instrument
 from trioflow._node import Node
@@ -293,3 +293,166 @@ class TestFaultyInstrument:
         with trioflow.instrumented(only):
             await trioflow.Flow(start=trioflow.Node()).run({})
         assert only.started == ["Flow", "Node"]
+
+
+class TestAttaching:
+    async def test_instrumented_nested_blocks_attach_an_instrument_once(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The same instrument given to two nested blocks (and twice to one) sees each event once."""
+        recorder, other = Recorder(), Recorder()
+        with trioflow.instrumented(recorder), trioflow.instrumented(other, recorder, recorder):
+            attached = _instrument.current()
+            await Planned(max_concurrency=3).run({"plans": [(1, 0)] * 3})
+        for seen in (recorder, other):
+            assert seen.hooks().count("item_finished") == 3
+            assert seen.hooks().count("node_started") == 1
+        assert attached is not None and attached.instruments == [recorder, other]
+
+    def test_instrumented_refuses_an_async_hook(self) -> None:
+        """An ``async def`` hook would never be awaited: attaching it is a TypeError naming the class and hook."""
+
+        class Slow(trioflow.Instrument):
+            async def item_finished(self, node: Node, index: int, error: BaseException | None) -> None:  # type: ignore[override]
+                pass
+
+        with pytest.raises(TypeError, match=r"instrument Slow\.item_finished is async def") as raised:
+            with trioflow.instrumented(Recorder(), Slow()):
+                pass  # pragma: no cover - never reached
+        assert "plain def" in str(raised.value)
+        assert _instrument.current() is None  # nothing was attached
+
+    async def test_instrumented_item_finished_carries_the_value_or_takes_three_arguments(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """item_finished gets the item's value (None for a failure); a three-argument hook is still called."""
+
+        class Values:
+            def __init__(self) -> None:
+                self.seen: dict[int, tuple[Any, Any]] = {}
+
+            def item_finished(self, node: Node, index: int, error: BaseException | None, value: Any) -> None:
+                self.seen[index] = (type(error).__name__ if error is not None else None, value)
+
+        class Old:
+            def __init__(self) -> None:
+                self.seen: list[int] = []
+
+            def item_finished(self, node: Node, index: int, error: BaseException | None) -> None:
+                self.seen.append(index)
+
+        values, old = Values(), Old()
+        with trioflow.instrumented(values, old):
+            await Planned(on_error="collect").run({"plans": [(1, 0), (1, 1), (2, 0)]})
+        assert values.seen == {0: (None, 0), 1: ("ValueError", None), 2: (None, 2)}
+        assert sorted(old.seen) == [0, 1, 2]
+
+
+class Events(trioflow.Instrument):
+    """Keeps ``(hook, args)`` for the hooks that Recorder does not have."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, tuple[Any, ...]]] = []
+
+    def node_started(self, node: Node) -> None:
+        self.events.append(("node_started", (type(node).__name__, _instrument.current_place())))
+
+    def batch_started(self, node: Node, total: int | None) -> None:
+        self.events.append(("batch_started", (type(node).__name__, total)))
+
+    def item_started(self, node: Node, index: int) -> None:
+        self.events.append(("item_started", (type(node).__name__, index)))
+
+    def attempt_started(self, node: Node, index: int | None, attempt: int) -> None:
+        self.events.append(("attempt_started", (index, attempt, trio.current_time())))
+
+    def item_finished(self, node: Node, index: int, error: BaseException | None, value: Any = None) -> None:
+        self.events.append(("item_finished", (type(node).__name__, index, value)))
+
+    def throttled(self, node: Node, index: int | None, delay: float, error: Exception) -> None:
+        self.events.append(("throttled", (index, delay, type(error).__name__, trio.current_time())))
+
+    def rate_changed(self, throttle: Any, rate: float) -> None:
+        self.events.append(("rate_changed", (type(throttle).__name__, rate)))
+
+    def node_finished(self, node: Node, action: str | None, error: BaseException | None) -> None:
+        self.events.append(("node_finished", (type(node).__name__,)))
+
+    def of(self, hook: str) -> list[tuple[Any, ...]]:
+        return [args for name, args in self.events if name == hook]
+
+
+class TestNewHooks:
+    async def test_instrumented_throttled_and_rate_changed_with_attempt_started_after_the_cool_down(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A throttled attempt: throttled(delay), rate_changed, then the same attempt 0 admitted after the cool-down."""
+        events = Events()
+        with trioflow.instrumented(events):
+            await Throttled(max_concurrency=2, throttle=CoolingThrottle(cool_down=2, rate=40)).run(
+                {"plans": [(1, 1), (3, 0)]}
+            )
+        assert events.of("throttled") == [(0, 2, "Busy", 1.0)]
+        assert events.of("rate_changed") == [("CoolingThrottle", 20.0)]
+        assert sorted(events.of("attempt_started")) == [(0, 0, 0.0), (0, 0, 3.0), (1, 0, 0.0)]
+
+    async def test_current_place_names_the_step_and_the_batch_flow_run(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """While an instrument is attached, current_place() is the flow, the graph ids and the batch-flow run."""
+
+        class Blur(trioflow.Node):
+            pass
+
+        class Grid(trioflow.ParallelBatchFlow):
+            def prep(self, shared: Any) -> list[dict[str, int]]:
+                return [{"i": 0}, {"i": 1}]
+
+        class Pipeline(trioflow.Flow):
+            pass
+
+        first = Blur()
+        first >> Grid(start=Blur())
+        events = Events()
+        with trioflow.instrumented(events):
+            await Pipeline(start=first).run({})
+        assert sorted(events.of("node_started")) == [
+            ("Blur", ("Pipeline", "Blur_1")),
+            ("Blur", ("Pipeline", "Grid_1", "[0]", "Blur_1")),
+            ("Blur", ("Pipeline", "Grid_1", "[1]", "Blur_1")),
+            ("Grid", ("Pipeline", "Grid_1")),
+            ("Pipeline", ()),
+        ]
+        assert _instrument.current_place() == ()
+
+    async def test_parallel_map_and_as_completed_emit_node_batch_and_item_events_under_their_name(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """parallel_map(name=...) and as_completed(name=...) report a node of that class name, its batch, its items."""
+
+        async def double(x: int) -> int:
+            await trio.sleep(x)
+            return 2 * x
+
+        events = Events()
+        with trioflow.instrumented(events):
+            await trioflow.parallel_map(double, [2, 1], name="pages")
+            async with trioflow.as_completed(double, iter([1]), name="stream") as results:
+                async for _ in results:
+                    pass
+        assert [(hook, args[0]) for hook, args in events.events if hook != "attempt_started"] == [
+            ("node_started", "pages"),
+            ("batch_started", "pages"),
+            ("item_started", "pages"),
+            ("item_started", "pages"),
+            ("item_finished", "pages"),
+            ("item_finished", "pages"),
+            ("node_finished", "pages"),
+            ("node_started", "stream"),
+            ("batch_started", "stream"),
+            ("item_started", "stream"),
+            ("item_finished", "stream"),
+            ("node_finished", "stream"),
+        ]
+        assert events.of("batch_started") == [("pages", 2), ("stream", None)]
+        assert events.of("item_finished") == [("pages", 1, 2), ("pages", 0, 4), ("stream", 0, 2)]

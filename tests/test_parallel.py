@@ -129,6 +129,10 @@ class Probe:
     ahead: int = 0  # the most of (pulled - finished) at any pull
     failed_at: float | None = None  # mock time of the first failure
     pulled_at_failure: int | None = None
+    plain: bool = False  # items of duration 0 run as a plain ``def`` call (no checkpoint inside)
+    input_started: bool = False  # the generator input's body started (its first item was asked for)
+    input_closed: bool = False  # the generator input's ``finally`` ran
+    returned: set[int] = attrs.Factory(set)  # items whose exec returned a result (sync or async)
 
     @property
     def n(self) -> int:
@@ -145,17 +149,38 @@ class Probe:
         try:
             with self.meter.entered(), shared:
                 await trio.sleep(self.durations[i])
-                if self.failed_attempts is not None and attempt < self.failed_attempts[i]:
-                    raise Flaky(f"item {i} attempt {attempt}")
-                if i in self.failing:
-                    if self.failed_at is None:
-                        self.failed_at = trio.current_time()
-                        self.pulled_at_failure = self.pulled
-                    raise self.fail_with(i)
-                self.finished[i] = trio.current_time()
-                return result(i)
+                return self._outcome(i, attempt)
         finally:
             self.finalized.add(i)
+
+    def work_any(self, i: int, attempt: int = 0) -> Any:
+        """``work`` as a plain ``def``: done at once (no checkpoint) for a zero-duration item when
+        the probe is ``plain``, else the coroutine of ``work`` (the caller awaits it)."""
+        if not (self.plain and self.durations[i] == 0):
+            return self.work(i, attempt)
+        self.attempts[i] += 1
+        if attempt == 0:
+            self.starts.append(trio.current_time())
+        try:
+            return self._outcome(i, attempt)
+        finally:
+            self.finalized.add(i)
+
+    def _outcome(self, i: int, attempt: int) -> str:
+        if self.failed_attempts is not None and attempt < self.failed_attempts[i]:
+            raise Flaky(f"item {i} attempt {attempt}")
+        if i in self.failing:
+            if self.failed_at is None:
+                self.failed_at = trio.current_time()
+                self.pulled_at_failure = self.pulled
+            raise self.fail_with(i) from LookupError(f"cause of item {i}")
+        self.finished[i] = trio.current_time()
+        self.returned.add(i)
+        return result(i)
+
+    def fn(self) -> Callable[[int], Any]:
+        """The function of one item for parallel_map/as_completed: ``work``, or ``work_any`` when plain."""
+        return self.work_any if self.plain else self.work
 
     # -- the input, which records how far it was pulled -------------------------------
 
@@ -165,13 +190,21 @@ class Probe:
         return i
 
     def _generate(self) -> Iterator[int]:
-        for i in range(self.n):
-            yield self._pull(i)
+        self.input_started = True
+        try:
+            for i in range(self.n):
+                yield self._pull(i)
+        finally:
+            self.input_closed = True
 
     async def _agenerate(self) -> AsyncIterator[int]:
-        for i in range(self.n):
-            await trio.lowlevel.checkpoint()
-            yield self._pull(i)
+        self.input_started = True
+        try:
+            for i in range(self.n):
+                await trio.lowlevel.checkpoint()
+                yield self._pull(i)
+        finally:
+            self.input_closed = True
 
     def items(self, kind: str) -> Iterable[int] | AsyncIterator[int]:
         if kind == "list":
@@ -184,13 +217,25 @@ class Probe:
             self.pulled = self.n
             return [{"i": i} for i in range(self.n)]
         if kind == "generator":
-            return ({"i": i} for i in self._generate())
+            return self._param_sets()
         return self._aparam_sets()
 
+    def _param_sets(self) -> Iterator[dict[str, int]]:
+        self.input_started = True
+        try:
+            for i in range(self.n):
+                yield {"i": self._pull(i)}
+        finally:
+            self.input_closed = True
+
     async def _aparam_sets(self) -> AsyncIterator[dict[str, int]]:
-        for i in range(self.n):
-            await trio.lowlevel.checkpoint()
-            yield {"i": self._pull(i)}
+        self.input_started = True
+        try:
+            for i in range(self.n):
+                await trio.lowlevel.checkpoint()
+                yield {"i": self._pull(i)}
+        finally:
+            self.input_closed = True
 
 
 def result(i: int) -> str:
@@ -258,6 +303,20 @@ class ProbeFlow(trioflow.ParallelBatchFlow):
         return "done"
 
 
+class PlainProbeNode(ProbeNode):
+    """ProbeNode with a plain ``def exec``: zero-duration items return at once, no checkpoint inside."""
+
+    def exec(self, prep_res: int) -> Any:  # type: ignore[override]  # a result, or a coroutine to await
+        return self.probe.work_any(prep_res, self.cur_retry)
+
+
+class PlainProbeStep(ProbeStep):
+    """ProbeStep with a plain ``def exec``, as PlainProbeNode."""
+
+    def exec(self, prep_res: int) -> Any:  # type: ignore[override]
+        return self.probe.work_any(prep_res, self.cur_retry)
+
+
 async def run_batch(
     api: str,
     probe: Probe,
@@ -272,10 +331,10 @@ async def run_batch(
     shared = {} if shared is None else shared
     if api == "parallel_map":
         assert max_retries == 1
-        return await trioflow.parallel_map(probe.work, probe.items(kind), **options)
+        return await trioflow.parallel_map(probe.fn(), probe.items(kind), **options)
     if api == "as_completed":
         assert max_retries == 1
-        async with trioflow.as_completed(probe.work, probe.items(kind), **options) as results:
+        async with trioflow.as_completed(probe.fn(), probe.items(kind), **options) as results:
             async for index, value in results:
                 assert index not in probe.received
                 probe.received[index] = value
@@ -283,12 +342,14 @@ async def run_batch(
             probe.loop_ended = True
         return [probe.received[i] for i in range(len(probe.received))]
     if api == "ParallelBatchNode":
-        node = ProbeNode(probe=probe, kind=kind, max_retries=max_retries, wait=wait, **options)
+        node_cls = PlainProbeNode if probe.plain else ProbeNode
+        node = node_cls(probe=probe, kind=kind, max_retries=max_retries, wait=wait, **options)
         assert await node.run(shared) == "done"
         return list(shared["results"])
     assert api == "ParallelBatchFlow"
+    step_cls = PlainProbeStep if probe.plain else ProbeStep
     flow = ProbeFlow(
-        start=ProbeStep(probe=probe, max_retries=max_retries, wait=wait), probe=probe, kind=kind, **options
+        start=step_cls(probe=probe, max_retries=max_retries, wait=wait), probe=probe, kind=kind, **options
     )
     assert await flow.run(shared) == "done"
     return list(shared["results"])
@@ -542,6 +603,27 @@ def leaves(group: BaseException) -> list[BaseException]:
     return [group]
 
 
+limiter_tokens = st.none() | st.integers(1, 4)
+
+
+def limiter_of(tokens: int | None) -> trio.CapacityLimiter | None:
+    """A fresh shared limiter with ``tokens`` tokens, or None (made inside the run: it needs Trio)."""
+    return None if tokens is None else trio.CapacityLimiter(tokens)
+
+
+def check_invariants(
+    probe: Probe, kind: str, limiter: trio.CapacityLimiter | None, live: int, baseline: int
+) -> None:
+    """Invariants (1), (2) and (4) of issue 8, after any run, failed, cancelled or not: every shared
+    limiter token is back, no task of ours is left, a generator input was closed (its ``finally``
+    ran).  (3) and (5) depend on how the run ended: each test asserts them itself."""
+    assert live == baseline, "a task was left behind"
+    if limiter is not None:
+        assert limiter.borrowed_tokens == 0, "a limiter token leaked"
+    if kind != "list" and probe.input_started:  # (a generator never started has no finally to run)
+        assert probe.input_closed, "the generator input was left open"
+
+
 class TestFailFast:
     @racy
     @given(
@@ -551,24 +633,39 @@ class TestFailFast:
         cap=sts.caps,
         kind=sts.input_kinds,
         consume_delay=st.sampled_from([0.0, 0.5]),
+        plain=st.booleans(),
+        tokens=limiter_tokens,
     )
     def test_first_failure_cancels_the_rest_and_raises_BatchError(
-        self, data: st.DataObject, api: str, durations: list[float], cap: int | None, kind: str, consume_delay: float
+        self,
+        data: st.DataObject,
+        api: str,
+        durations: list[float],
+        cap: int | None,
+        kind: str,
+        consume_delay: float,
+        plain: bool,
+        tokens: int | None,
     ) -> None:
         """on_error="raise": the first failure cancels in-flight items, pulls and starts nothing more,
-        leaves no task, skips post, and raises a BatchError with indexed notes and the completed results."""
-        probe = Probe(durations, failing=data.draw(sts.failure_positions(len(durations))), consume_delay=consume_delay)
+        leaves no task, skips post, and raises a BatchError with indexed notes and the completed results
+        (every result an exec returned, plain def ones included); limiter tokens back, input closed."""
+        failing = data.draw(sts.failure_positions(len(durations)))
+        probe = Probe(durations, failing=failing, consume_delay=consume_delay, plain=plain)
         shared: dict[str, Any] = {}
         counter = TaskCounter()
+        limiter: trio.CapacityLimiter | None = None
 
         async def main() -> tuple[trioflow.BatchError, int, int]:
+            nonlocal limiter
+            limiter = limiter_of(tokens)
             baseline = len(counter.live)
             with pytest.raises(trioflow.BatchError) as info:
-                await run_batch(api, probe, kind, shared=shared, max_concurrency=cap)
+                await run_batch(api, probe, kind, shared=shared, max_concurrency=cap, limiter=limiter)
             return info.value, baseline, len(counter.live)
 
         err, baseline, live = run_in_mock_time(main, counter)
-        assert live == baseline
+        check_invariants(probe, kind, limiter, live, baseline)
         # the inner exceptions: the failures, each noted with its item index
         assert err.exceptions
         for exc in err.exceptions:
@@ -579,7 +676,12 @@ class TestFailFast:
         assert probe.loop_ended == (api == "as_completed")
         # completed: exactly the items that finished (as_completed: those not handed out yet),
         # with their results (a ParallelBatchFlow's are its sub-flows' last actions)
-        finished = {i: None if api == "ParallelBatchFlow" else result(i) for i in probe.finished}
+        # (invariant 3: every result an exec returned is kept; a batch flow's item is a whole
+        # sub-flow run, finished once its step's post ran, and its result is the run's last action)
+        if api == "ParallelBatchFlow":
+            finished: dict[int, Any] = {i: None for i in shared.get("by_index", {})}
+        else:
+            finished = {i: result(i) for i in probe.returned}
         assert probe.received.keys().isdisjoint(err.completed)
         assert {**probe.received, **err.completed} == finished
         # nothing finished, was pulled or started after the first failure; every started item's finally ran
@@ -667,30 +769,55 @@ class TestCancellation:
         kind=sts.input_kinds,
         cancel_at=cancel_instants,
         in_flow=st.booleans(),
+        plain=st.booleans(),
+        tokens=limiter_tokens,
     )
     def test_outer_cancel_leaves_no_task_and_no_half_applied_post(
-        self, api: str, durations: list[float], cap: int | None, kind: str, cancel_at: float, in_flow: bool
+        self,
+        api: str,
+        durations: list[float],
+        cap: int | None,
+        kind: str,
+        cancel_at: float,
+        in_flow: bool,
+        plain: bool,
+        tokens: int | None,
     ) -> None:
-        """An outer move_on_after at any instant leaves no task behind, no partial post, nothing wrapped,
-        and never retries the cancelled items nor hands them to exec_fallback."""
-        probe = Probe(durations)
+        """An outer move_on_after at any instant leaves no task behind, no partial post, nothing wrapped
+        (the Cancelled comes out bare), every limiter token back, the input closed, and never retries
+        the cancelled items nor hands them to exec_fallback."""
+        probe = Probe(durations, plain=plain)
         shared: dict[str, Any] = {}
         counter = TaskCounter()
         max_retries = 1 if api in ("parallel_map", "as_completed") else 3
+        limiter: trio.CapacityLimiter | None = None
+        bare_cancel = False
 
         async def main() -> tuple[bool, int, int]:
+            nonlocal limiter, bare_cancel
+            limiter = limiter_of(tokens)
             baseline = len(counter.live)
             with trio.move_on_after(cancel_at) as scope:
-                if in_flow and api == "ParallelBatchNode":
-                    node = ProbeNode(probe=probe, kind=kind, max_concurrency=cap, max_retries=max_retries)
-                    await trioflow.Flow(start=node).run(shared)
-                else:
-                    got = await run_batch(api, probe, kind, shared=shared, max_retries=max_retries, max_concurrency=cap)
-                    shared["returned"] = got
+                try:
+                    if in_flow and api == "ParallelBatchNode":
+                        node = ProbeNode(
+                            probe=probe, kind=kind, max_concurrency=cap, max_retries=max_retries, limiter=limiter
+                        )
+                        await trioflow.Flow(start=node).run(shared)
+                    else:
+                        got = await run_batch(
+                            api, probe, kind, shared=shared, max_retries=max_retries, max_concurrency=cap,
+                            limiter=limiter,
+                        )
+                        shared["returned"] = got
+                except trio.Cancelled:
+                    bare_cancel = True
+                    raise
             return scope.cancelled_caught, baseline, len(counter.live)
 
         cancelled, baseline, live = run_in_mock_time(main, counter)
-        assert live == baseline
+        check_invariants(probe, kind, limiter, live, baseline)
+        assert bare_cancel == cancelled  # (invariant 5: a cancel leaves every entry point bare)
         assert probe.posts in (0, 1)
         if not cancelled:
             assert probe.finished.keys() == set(range(len(durations)))
@@ -706,27 +833,52 @@ class TestCancellation:
         assert probe.fallbacks == []
 
     @racy
-    @given(data=st.data(), api=apis, durations=sts.duration_lists(min_size=1), cap=sts.caps)
+    @given(
+        data=st.data(),
+        api=apis,
+        durations=sts.duration_lists(min_size=1),
+        cap=sts.caps,
+        kind=sts.input_kinds,
+        plain=st.booleans(),
+        tokens=limiter_tokens,
+    )
     def test_BaseException_in_exec_is_never_retried_nor_given_to_exec_fallback(
-        self, data: st.DataObject, api: str, durations: list[float], cap: int | None
+        self,
+        data: st.DataObject,
+        api: str,
+        durations: list[float],
+        cap: int | None,
+        kind: str,
+        plain: bool,
+        tokens: int | None,
     ) -> None:
         """A KeyboardInterrupt-like BaseException from an item is not retried, not given to exec_fallback,
-        not put in a BatchError: it propagates (bare when alone, see TestBareBaseException) and leaves
-        no task."""
-        probe = Probe(durations, failing=data.draw(sts.failure_positions(len(durations))), fail_with=Interrupt)
+        not put in a BatchError: it propagates (bare when alone, with the cause it was raised from) and
+        leaves no task, no limiter token, no open input."""
+        failing = data.draw(sts.failure_positions(len(durations)))
+        probe = Probe(durations, failing=failing, fail_with=Interrupt, plain=plain)
         counter = TaskCounter()
         max_retries = 1 if api in ("parallel_map", "as_completed") else 3
+        limiter: trio.CapacityLimiter | None = None
 
         async def main() -> tuple[BaseException, int, int]:
+            nonlocal limiter
+            limiter = limiter_of(tokens)
             baseline = len(counter.live)
             try:
-                await run_batch(api, probe, max_retries=max_retries, max_concurrency=cap)
+                await run_batch(api, probe, kind, max_retries=max_retries, max_concurrency=cap, limiter=limiter)
             except BaseException as exc:  # the point: it is not an Exception
                 return exc, baseline, len(counter.live)
             raise AssertionError("the interrupt did not propagate")
 
         exc, baseline, live = run_in_mock_time(main, counter)
-        assert live == baseline
+        check_invariants(probe, kind, limiter, live, baseline)
+        if not isinstance(exc, BaseExceptionGroup):  # (invariant 5: bare, cause and context intact)
+            assert isinstance(exc, Interrupt)
+            assert isinstance(exc.__cause__, LookupError) and str(exc.__cause__) == f"cause of item {exc.index}"
+            assert exc.__context__ is None and exc.__suppress_context__
+        if len(failing) == 1:
+            assert isinstance(exc, Interrupt)
         assert not isinstance(exc, Exception)
         assert not isinstance(exc, trioflow.BatchError)
         interrupts, rest = exc.split(Interrupt) if isinstance(exc, BaseExceptionGroup) else (exc, None)

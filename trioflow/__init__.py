@@ -59,4 +59,13 @@ def run(flow_or_node: Node, shared: Any) -> str | None:
     """
     if not isinstance(flow_or_node, Node):
         raise TypeError(f"trioflow.run needs a trioflow Node or Flow, not {flow_or_node!r}")
-    return trio.run(flow_or_node.run, shared)
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return trio.run(flow_or_node.run, shared)
+    name = type(flow_or_node).__name__
+    raise RuntimeError(
+        f"trioflow.run({name}, ...) was called inside a running Trio program; trioflow.run starts "
+        f"one (trio.run) for synchronous code. Inside async code, await the flow instead: "
+        f"`await flow.run(shared)`"
+    )

@@ -95,7 +95,7 @@ async def run_sequential(node: Node, runner: ItemRunner, items: Iterable[Any] | 
 
 
 def _appender(results: list[Any]) -> Any:
-    def record(index: int, value: Any) -> None:
+    def record(index: Any, value: Any) -> None:
         results.append(value)
 
     return record
@@ -156,17 +156,28 @@ class ParallelBatchNode(BatchNode):
     """As :class:`BatchNode`, but items run concurrently in a bounded worker pool.
 
     Args:
-        max_concurrency: the most items inside ``exec`` at once (None: no cap).
+        max_concurrency: the most attempts inside ``exec`` at once (None: no
+            cap).  An item waiting to retry holds no place: another item's
+            attempt takes it meanwhile, and the waiting item keeps its place in
+            the result order.
         limiter: a ``trio.CapacityLimiter`` shared with other nodes (one per API
-            provider, say); an item holds a token while it runs.
-        max_per_second: the most item starts per second.
+            provider, say); an attempt holds a token while it runs, not while
+            its item waits to retry.
+        max_per_second: the most attempt starts per second, evenly spaced.
         on_error: ``"raise"`` (the first item that fails after its retries and
             fallback cancels the others and the node raises
             :class:`BatchError`; ``post`` is not called) or ``"collect"`` (the
             exception object stands in the item's result slot).
+        max_pending: the most items in progress (running, or waiting to retry);
+            default 4 x ``max_concurrency`` (with no cap: no bound), so memory
+            stays in proportion to the cap.
+        throttle: a :class:`Throttle` shared with other nodes (a Node field).
+        executor: where a plain ``def exec`` runs (a Node field; see
+            :mod:`trioflow.executors`).
 
     Results reach ``post`` in input order whatever the durations.  A generator
-    or async iterator from ``prep`` is pulled only as workers free up.
+    or async iterator from ``prep`` is pulled only as workers free up, and
+    closed if the batch stops early.
 
     Example (PocketFlow's one text into many languages)::
 

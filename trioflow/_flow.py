@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import copy
 import functools
 import warnings
 from collections.abc import Mapping
@@ -124,7 +123,7 @@ class Flow(Node):
         wired: Node | None = self.start_node
         action: str | None = None
         while wired is not None:
-            current = copy.copy(wired)
+            current = wired.__copy__()  # copy.copy's own lookup, skipped: every Node has __copy__
             current.set_params(step_params)
             # A checkpoint at every step: a full one for a node whose methods are
             # all plain def (nothing else in the step yields, and a loop of them

@@ -22,11 +22,15 @@ instrument attached that read is all it does.
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
+import re
 import warnings
 from collections.abc import Iterator, Sized
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -230,6 +234,45 @@ def current_place() -> tuple[str, ...]:
     (it costs a context variable per step), so read it from a hook.
     """
     return _place.get()
+
+
+def place_of(node: Node) -> tuple[str, ...]:
+    """The place of ``node``'s run, for an instrument to name it: :func:`current_place`,
+    ending with the node's own segment.
+
+    A step of a flow is already named by its graph id (``("Pipeline", "Load_1")``);
+    anything else gets its class name added: a flow or node run alone
+    (``("Pipeline",)``), a ``parallel_map`` run inside a node's ``exec``
+    (``("Pipeline", "Load_1", "fetch")``).
+    """
+    place = _place.get()
+    name = type(node).__name__
+    if place:
+        last = place[-1]
+        stem = _graph_stem(name)
+        if last == name or (last.startswith(stem) and last[len(stem) :].isdigit()):
+            return place
+    return (*place, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _graph_stem(name: str) -> str:
+    """``"Load_"`` for class ``Load``: a graph id is this and a number (see ``_mermaid.graph_ids``)."""
+    return re.sub(r"\W", "_", name) + "_"
+
+
+def task_lineage() -> Iterator[trio.lowlevel.Task]:
+    """The running Trio task, then the task that started it, and so on up to the run's root.
+
+    An instrument keys a node's run by the task that runs it (one node object
+    may run several times at once, in several tasks), and finds the run that an
+    item event belongs to by walking up from the worker task that emitted it.
+    """
+    task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+    while task is not None:
+        yield task
+        nursery = task.parent_nursery
+        task = nursery.parent_task if nursery is not None else None
 
 
 def batch_started(node: Node, items: object) -> None:

@@ -222,7 +222,7 @@ async def attempts(
     index: int | None,
     item: Any,
     hold: Hold,
-    record: Callable[[Any], None],
+    record: Callable[[Any, Any], None],
 ) -> None:
     """Run ``item``'s attempts under ``runner``'s node policy until it succeeds or fails for good.
 
@@ -235,6 +235,7 @@ async def attempts(
     :meth:`Node.retry_delay`), holding no admission while it waits, then handed
     to ``exec_fallback``, whose value is recorded (or whose exception is raised).
     ``trio.Cancelled`` and other ``BaseException`` s pass straight through.
+    ``record`` is called as ``record(index, value)``.
     """
     node = runner.node
     admission = runner.admission
@@ -305,9 +306,9 @@ async def attempts(
             value = node.exec_fallback(item, error)
             if is_awaitable(value):
                 value = await value
-                record(value)
+                record(index, value)
             else:
-                record(value)
+                record(index, value)
                 await trio.lowlevel.checkpoint()
             return
         delay = node.retry_delay(error, attempt)
@@ -339,8 +340,9 @@ class ItemRunner:
 
     ``fast`` is true when an item needs nothing but ``call`` itself (no policy,
     no admission, no executor, no store, no instrument): the pool then awaits
-    ``call(item)`` inline in its hottest loop (``fast_async``: and ``call`` is
-    ``async def``, so its result needs no check).
+    ``call(item)`` (``call(index, item)`` with ``with_index``) inline in its
+    hottest loop (``fast_async``: and ``call`` is ``async def``, so its result
+    needs no check).
     """
 
     __slots__ = (
@@ -379,6 +381,8 @@ class ItemRunner:
         executor = getattr(node, "executor", None)
         bound = executor.bind(type(node).__name__, call) if executor is not None and not with_index else None
         self.run_exec: Callable[[Any], Any] = call if bound is None else bound
+        from ._node import has_policy
+
         self.fast = (
             not with_index
             and bound is None
@@ -388,15 +392,17 @@ class ItemRunner:
             and not has_policy(node)
             and attempt_var.get() == 0
         )
-        self.fast_async = self.fast and inspect.iscoroutinefunction(call)
+        if with_index and bound is None and self.admission is None and recorder is None and self.attached is None:
+            self.fast = True  # a batch flow's sub-flow run with nothing around it: ``await call(index, item)``
+        self.fast_async = self.fast and (with_index or inspect.iscoroutinefunction(call))
 
-    def record_result(self, index: int | None, item: Any, value: Any, record: Callable[[Any], None]) -> None:
+    def record_result(self, index: Any, item: Any, value: Any, record: Callable[[Any, Any], None]) -> None:
         """The record stage for a value ``exec`` returned: the caller's slot, then the store."""
-        record(value)
+        record(index, value)
         if self.recorder is not None and index is not None:
             self.recorder.record(index, item, value)
 
-    async def run(self, index: int, item: Any, hold: Hold, record: Callable[[int, Any], None]) -> None:
+    async def run(self, index: int, item: Any, hold: Hold, record: Callable[[Any, Any], None]) -> None:
         """Take item ``index`` through its life; ``record(index, value)`` gets its result.
 
         Raises:
@@ -408,31 +414,38 @@ class ItemRunner:
                 record(index, done)
                 return
         attached = self.attached
+        if attached is None:
+            if self.with_index:
+                await self._with_index(index, item, hold, record)
+            else:
+                await attempts(self, index, item, hold, record)
+            return
         node = self.event_node
         value: Any = None
 
-        def keep(result: Any) -> None:
+        def keep(index: Any, result: Any) -> None:
             nonlocal value
             value = result
             record(index, result)
 
-        if attached is not None:
-            attached.emit("item_started", node, index)
+        attached.emit("item_started", node, index)
         try:
             if self.with_index:
                 await self._with_index(index, item, hold, keep)
             else:
                 await attempts(self, index, item, hold, keep)
         except BaseException as exc:
-            if attached is not None:
-                attached.emit("item_finished", node, index, exc, None)
+            attached.emit("item_finished", node, index, exc, None)
             raise
-        if attached is not None:
-            attached.emit("item_finished", node, index, None, value)
+        attached.emit("item_finished", node, index, None, value)
 
-    async def _with_index(self, index: int, item: Any, hold: Hold, keep: Callable[[Any], None]) -> None:
+    async def _with_index(self, index: int, item: Any, hold: Hold, keep: Callable[[Any, Any], None]) -> None:
         """One run of a batch flow's sub-flow: admitted once, not retried (a flow has no policy)."""
         admission = self.admission
+        if admission is None:
+            value = await self.call(index, item)
+            self.record_result(index, item, value, keep)
+            return
         try:
             if admission is not None:
                 await admission.enter(hold, 1)
@@ -448,18 +461,3 @@ class ItemRunner:
         if admission is not None:
             admission.exit(hold, "ok")
         self.record_result(index, item, value, keep)
-
-
-def default_fallback(node: Node) -> bool:
-    """Whether ``node.exec_fallback`` is Node's own (re-raise); one assigned on the instance is not."""
-    return getattr(node.exec_fallback, "_trioflow_default", False) is True
-
-
-def has_policy(node: Node) -> bool:
-    """Whether an attempt of ``node`` needs the retry core: retries, a timeout, a fallback, a throttle."""
-    return (
-        node.max_retries != 1
-        or node.timeout is not None
-        or getattr(node, "throttle", None) is not None
-        or not default_fallback(node)
-    )

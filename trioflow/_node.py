@@ -7,13 +7,14 @@ import inspect
 import math
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
+from types import CoroutineType
 from typing import Any, ClassVar, TypeVar
 
 import attrs
 import trio
 
 from . import _instrument
-from ._item import Admission, Hold, ItemRunner, attempt_var, attempts, has_policy
+from ._item import Admission, Hold, ItemRunner, attempt_var, attempts
 
 __all__ = ["Node"]
 
@@ -29,7 +30,8 @@ _PLAIN_TYPES = frozenset({type(None), str, int, float, bool, list, dict, tuple})
 
 
 def _is_awaitable(value: Any) -> bool:
-    return type(value) not in _PLAIN_TYPES and inspect.isawaitable(value)
+    kind = type(value)
+    return kind is CoroutineType or (kind not in _PLAIN_TYPES and inspect.isawaitable(value))
 
 
 async def call(fn: Any, *args: Any) -> Any:
@@ -157,10 +159,12 @@ class Node:
     """One step: ``prep(shared) -> exec(prep_res) -> post(shared, prep_res, exec_res)``.
 
     Override any of the three (``async def`` or plain ``def``; a plain one runs
-    inline, so it must not block, and the engine yields to Trio after each
-    plain ``exec`` call, so a batch of plain items shares the run and stops
-    between items when cancelled).  ``post`` returns the action that picks the
-    next node in a :class:`Flow` (None means ``"default"``).
+    inline, so it must not block: the engine yields to Trio at every flow step
+    and after each plain ``exec`` of a batch item, once its result is recorded,
+    so a batch of plain items shares the run and stops between items when
+    cancelled; for blocking or CPU-bound work give the node an ``executor``).
+    ``post`` returns the action that picks the next node in a :class:`Flow`
+    (None means ``"default"``).
 
     ``exec`` is retried on failure: ``max_retries`` counts attempts (1: no
     retry), the wait before retry *k* (0-based) is ``wait * backoff**k`` plus a
@@ -233,7 +237,6 @@ class Node:
         """Called when every attempt failed; its return stands in for ``exec``'s.  Re-raises by default."""
         raise exc
 
-    exec_fallback._trioflow_default = True  # type: ignore[attr-defined]  # tells the default apart, cheaply
 
     def post(self, shared: Any, prep_res: Any, exec_res: Any) -> Any:
         """Write results to ``shared`` and return the next action (None: ``"default"``)."""
@@ -367,25 +370,27 @@ class Node:
         prep_res = self.prep(shared)
         if _is_awaitable(prep_res):
             prep_res = await prep_res
-        exec_res = await self._exec(prep_res)
+        exec_res = self._exec(prep_res)
+        if _is_awaitable(exec_res):
+            exec_res = await exec_res
         action = self.post(shared, prep_res, exec_res)
         if _is_awaitable(action):
             action = await action
         return check_action(self, action)
 
-    def _exec(self, prep_res: Any) -> Awaitable[Any]:
-        """``exec`` under the node's policy: an awaitable of its result (or of its fallback's).
+    def _exec(self, prep_res: Any) -> Any:
+        """``exec`` under the node's policy: its result, or an awaitable of it (or of its fallback's).
 
         With no policy to apply (one attempt, no timeout, no fallback, no
-        throttle, no executor, attempt 0 current), the coroutine of an ``async
-        def exec`` is handed back as it is: awaiting it is all the policy would
-        do.  Everything else goes through the one retry core, :func:`._item.attempts`.
+        throttle, no executor, attempt 0 current), ``exec`` is called as it
+        is: the coroutine of an ``async def exec`` is handed back for the caller
+        to await, and a plain ``def exec``'s result is handed back at once, so
+        ``post`` runs right after it (the step yields at the flow's checkpoint
+        before each step, never between a result and its ``post``).
+        Everything else goes through the one retry core, :func:`._item.attempts`.
         """
         if self.executor is None and attempt_var.get() == 0 and not has_policy(self):
-            result = self.exec(prep_res)
-            if _is_awaitable(result):
-                return result  # type: ignore[no-any-return]
-            return _ready(result)
+            return self.exec(prep_res)
         return self._exec_attempts(prep_res)
 
     async def _exec_attempts(self, prep_res: Any) -> Any:
@@ -394,22 +399,11 @@ class Node:
         hold = Hold()
         box: list[Any] = []
         try:
-            await attempts(runner, None, prep_res, hold, box.append)
+            await attempts(runner, None, prep_res, hold, lambda index, value: box.append(value))
         finally:
             if runner.admission is not None:
                 runner.admission.exit(hold)
         return box[0]
-
-
-async def _ready(value: Any) -> Any:
-    """An awaitable of a plain ``def exec``'s result, for the no-policy path.
-
-    A full checkpoint first, as after every plain ``exec`` (see
-    :func:`._item.attempts`): a run of plain-def steps then yields once per
-    step, so it shares the run and a cancel stops it between steps.
-    """
-    await trio.lowlevel.checkpoint()
-    return value
 
 
 @functools.lru_cache(maxsize=256)
@@ -426,6 +420,21 @@ def mapped_node(fn: Callable[..., Any], name: str, *, throttle: Any, executor: A
     if executor is not None:
         object.__setattr__(node, "executor", executor)
     return node
+
+
+def has_policy(node: Node) -> bool:
+    """Whether an attempt of ``node`` needs the retry core: retries, a timeout, a throttle, a fallback
+    (Node's own re-raises, so it counts only when overridden, on the class or on the instance)."""
+    return (
+        node.max_retries != 1
+        or node.timeout is not None
+        or node.throttle is not None
+        or type(node).exec_fallback is not _DEFAULT_FALLBACK
+        or "exec_fallback" in node.__dict__
+    )
+
+
+_DEFAULT_FALLBACK = Node.exec_fallback
 
 
 class _Transition:

@@ -28,9 +28,9 @@ import inspect
 import math
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from types import CoroutineType
-from typing import Any, Generic, Literal, NoReturn, TypeVar
+from typing import Any, Generic, Literal, NoReturn, TypeVar, overload
 
 import trio
 
@@ -323,9 +323,11 @@ class _Pool(Generic[T, R]):
     async def _worker(self) -> None:
         """Pull and run items one after another; with slots, take a place before pulling."""
         slots = self.admission.slots
+        # With nothing to take per attempt, no Hold is ever filled: one empty Hold serves every item.
+        empty = None if self.admission else Hold()
         first = True
         while True:
-            hold = Hold()
+            hold = empty or Hold()
             try:
                 if slots is not None:
                     await slots.acquire_on_behalf_of(hold)
@@ -344,6 +346,7 @@ class _Pool(Generic[T, R]):
         """The hot path (plain input, results in a list, an ``async def`` call that needs
         nothing else): an item costs one ``next``, one slot and one await of the call."""
         call = self.runner.call
+        with_index = self.runner.with_index
         results = self.results
         assert results is not None and self._sync_it is not None
         first = True
@@ -357,7 +360,7 @@ class _Pool(Generic[T, R]):
                     first = False
                     self._start_worker()
                 try:
-                    results[index] = await call(item)
+                    results[index] = await (call(index, item) if with_index else call(item))
                 except Exception as exc:
                     if not self._failed(index, exc):
                         return
@@ -411,7 +414,8 @@ class _Pool(Generic[T, R]):
     async def _fast_one(self, index: int, item: T) -> None:
         assert self.results is not None
         try:
-            value = self.runner.call(item)
+            runner = self.runner
+            value = runner.call(index, item) if runner.with_index else runner.call(item)
             if type(value) is CoroutineType or inspect.isawaitable(value):
                 self.results[index] = await value
                 return
@@ -543,8 +547,9 @@ async def _watched(node: Any, items: Any) -> AsyncIterator[None]:
     attached.emit("node_finished", node, None, None)
 
 
+@overload
 async def parallel_map(
-    fn: Callable[[T], Awaitable[R]] | Callable[[T], R],
+    fn: Callable[[T], Awaitable[R]],
     items: Iterable[T] | AsyncIterable[T],
     *,
     max_concurrency: int | None = None,
@@ -554,7 +559,36 @@ async def parallel_map(
     executor: Any = None,
     max_pending: int | None = None,
     name: str | None = None,
-) -> list[R]:
+) -> list[R]: ...
+
+
+@overload
+async def parallel_map(
+    fn: Callable[[T], R],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    max_concurrency: int | None = None,
+    limiter: trio.CapacityLimiter | None = None,
+    max_per_second: float | None = None,
+    throttle: Any = None,
+    executor: Any = None,
+    max_pending: int | None = None,
+    name: str | None = None,
+) -> list[R]: ...
+
+
+async def parallel_map(
+    fn: Callable[[T], Any],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    max_concurrency: int | None = None,
+    limiter: trio.CapacityLimiter | None = None,
+    max_per_second: float | None = None,
+    throttle: Any = None,
+    executor: Any = None,
+    max_pending: int | None = None,
+    name: str | None = None,
+) -> list[Any]:
     """Run ``fn(item)`` for every item concurrently; return the results in input order.
 
     The engine under ``ParallelBatchNode``, usable from any Trio code.  At most
@@ -596,7 +630,7 @@ async def parallel_map(
     check_limits(max_concurrency, limiter, max_per_second, max_pending=max_pending, throttle=throttle)
     node = _mapped(fn, items, name, throttle, executor, "parallel_map")
     async with _watched(node, items):
-        pool: _Pool[T, R] = _Pool(
+        pool: _Pool[Any, Any] = _Pool(
             ItemRunner(node, fn),
             items,
             max_concurrency=max_concurrency,
@@ -605,12 +639,12 @@ async def parallel_map(
             name=type(node).__name__,
             max_pending=max_pending,
         )
-        return await pool.run_to_list()  # type: ignore[return-value]
+        return await pool.run_to_list()
 
 
-@asynccontextmanager
-async def as_completed(
-    fn: Callable[[T], Awaitable[R]] | Callable[[T], R],
+@overload
+def as_completed(
+    fn: Callable[[T], Awaitable[R]],
     items: Iterable[T] | AsyncIterable[T],
     *,
     max_concurrency: int | None = None,
@@ -620,7 +654,36 @@ async def as_completed(
     executor: Any = None,
     max_pending: int | None = None,
     name: str | None = None,
-) -> AsyncIterator[trio.MemoryReceiveChannel[tuple[int, R]]]:
+) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[tuple[int, R]]]: ...
+
+
+@overload
+def as_completed(
+    fn: Callable[[T], R],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    max_concurrency: int | None = None,
+    limiter: trio.CapacityLimiter | None = None,
+    max_per_second: float | None = None,
+    throttle: Any = None,
+    executor: Any = None,
+    max_pending: int | None = None,
+    name: str | None = None,
+) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[tuple[int, R]]]: ...
+
+
+def as_completed(
+    fn: Callable[[T], Any],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    max_concurrency: int | None = None,
+    limiter: trio.CapacityLimiter | None = None,
+    max_per_second: float | None = None,
+    throttle: Any = None,
+    executor: Any = None,
+    max_pending: int | None = None,
+    name: str | None = None,
+) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[tuple[int, Any]]]:
     """Run ``fn`` over ``items`` like :func:`parallel_map`; hand out results as they finish.
 
     Yields a receive channel of ``(index, result)`` pairs in completion order.
@@ -648,8 +711,21 @@ async def as_completed(
         max_concurrency, limiter, max_per_second, owner="as_completed", max_pending=max_pending, throttle=throttle
     )
     node = _mapped(fn, items, name, throttle, executor, "as_completed")
+    return _as_completed(node, fn, items, max_concurrency, limiter, max_per_second, max_pending)
+
+
+@asynccontextmanager
+async def _as_completed(
+    node: Any,
+    fn: Callable[[Any], Any],
+    items: Iterable[Any] | AsyncIterable[Any],
+    max_concurrency: int | None,
+    limiter: trio.CapacityLimiter | None,
+    max_per_second: float | None,
+    max_pending: int | None,
+) -> AsyncIterator[trio.MemoryReceiveChannel[tuple[int, Any]]]:
     send, receive = trio.open_memory_channel[tuple[int, Any]](0)
-    pool: _Pool[T, R] = _Pool(
+    pool: _Pool[Any, Any] = _Pool(
         ItemRunner(node, fn),
         items,
         max_concurrency=max_concurrency,
