@@ -15,6 +15,7 @@ stops it), writing its port to ``PATH`` once it listens.
 from __future__ import annotations
 
 import argparse
+import heapq
 import math
 import random
 import sys
@@ -196,6 +197,37 @@ def flaky_work(seed: int, n: int, max_attempts: int) -> tuple[float, int]:
             if status == 200:
                 break
     return busy, attempts
+
+
+def flaky_schedule(seed: int, n: int, slots: int, max_attempts: int, wait: float, backoff: float) -> float:
+    """The makespan of a perfect pool on the flaky API: no overhead at all, ``slots`` attempts at
+    once, a waiting item holding no slot, a retry whose wait is over served before a new item.
+
+    The floor of any real run: it cannot hide the Retry-After of the last items' 429s.
+    """
+    free_at = [0.0] * slots  # a heap of the times the slots come free
+    retries: list[tuple[float, int, int]] = []  # a heap of (ready at, item, attempt)
+    new = iter(range(n))
+    pending_new = n
+    end = 0.0
+    while pending_new or retries:
+        now = heapq.heappop(free_at)
+        if retries and retries[0][0] <= now:
+            at, item, attempt = heapq.heappop(retries)
+        elif pending_new:
+            at, item, attempt = now, next(new), 0
+            pending_new -= 1
+        else:
+            at, item, attempt = heapq.heappop(retries)
+        start = max(at, now)
+        status, latency = flaky_plan(seed, item, attempt)
+        done = start + latency
+        heapq.heappush(free_at, done)
+        end = max(end, done)
+        if status != 200 and attempt + 1 < max_attempts:
+            pause = float(FLAKY_RETRY_AFTER) if status == 429 else wait * backoff**attempt
+            heapq.heappush(retries, (done + pause, item, attempt + 1))
+    return end
 
 
 async def _serve_flaky(seed: int, port_file: Path, max_requests: int, seconds: float) -> None:
