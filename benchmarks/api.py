@@ -73,6 +73,10 @@ MAX_TIME_FACTOR = 10.0
 #: The cap of the adaptive system: room for 4x the provider rate x the median latency.
 TRIOFLOW_CAP = 200
 
+#: Calls per run and seeds in the full run.
+N = 3000
+SEEDS = 3
+
 SYSTEMS = ("trioflow", "cap-25", "cap-50", "pocketflow", "aiometer", "anyio")
 LABELS = {
     "trioflow": "trioflow ParallelBatchNode, Throttle(adaptive=True), cap 200",
@@ -200,13 +204,14 @@ class Outcome:
     case: str
     seed: int
     n: int
-    seconds: float  # virtual
+    seconds: float  # virtual, until the last result (inf: did not finish)
     ideal: float
     attempts: int
     throttled: int
     done: int
     finished: bool
     error: str = ""
+    stopped_at: float = 0.0  # virtual seconds when the run ended, finished or not
     rates: list[tuple[float, float]] = field(default_factory=list)  # trioflow's rate over time
 
     @property
@@ -340,6 +345,12 @@ def run_once(system: str, case: str, seed: int, n: int) -> Outcome:
     outcome = Outcome(system, case, seed, n, math.inf, ideal, 0, 0, 0, False)
 
     async def main() -> None:
+        try:
+            await bounded()
+        finally:
+            outcome.stopped_at = trio.current_time()
+
+    async def bounded() -> None:
         with trio.move_on_after(MAX_TIME_FACTOR * ideal) as scope:
             provider.stop = scope.cancel
             provider.budget = MAX_ATTEMPTS_PER_CALL * n
@@ -475,6 +486,24 @@ def plot(outcomes: Sequence[Outcome], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def rate_trace(case: str, seed: int, n: int) -> dict[str, list[tuple[float | str, float]]]:
+    """trioflow's adaptive rate and the provider's limit over time in one run, as step lines."""
+    ours = run_once("trioflow", case, seed, n)
+    end = ours.stopped_at
+    provider = Provider.for_case(case, seed)
+
+    def steps(changes: Sequence[tuple[float, float]]) -> list[tuple[float | str, float]]:
+        points: list[tuple[float | str, float]] = []
+        for i, (t, rate) in enumerate(changes):
+            if i:
+                points.append((t, changes[i - 1][1]))
+            points.append((t, rate))
+        points.append((end, changes[-1][1]))
+        return points
+
+    return {"trioflow": steps(ours.rates), "provider limit": steps(list(provider.schedule))}
+
+
 def run_all(
     n: int, seeds: Sequence[int], systems: Sequence[str] = SYSTEMS, cases: Sequence[str] = CASES
 ) -> list[Outcome]:
@@ -492,8 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--system", action="append", choices=SYSTEMS, help="run only these systems")
     parser.add_argument("--plot", help="write the rate-over-time PNG here")
     args = parser.parse_args(argv)
-    n = args.n or (60 if args.smoke else 1000 if args.quick else 3000)
-    seeds = range(args.seeds or (1 if args.smoke or args.quick else 3))
+    n = args.n or (60 if args.smoke else 1000 if args.quick else N)
+    seeds = range(args.seeds or (1 if args.smoke or args.quick else SEEDS))
     outcomes = run_all(n, seeds, args.system or SYSTEMS)
     print(f"api: {n:,} calls, seeds {list(seeds)}, provider {RATE:g}/s burst {BURST:g} (drop to {DROPPED_RATE:g}/s "
           f"at t={DROP_AT:g}s), virtual time")

@@ -168,7 +168,7 @@ def flaky_plan(seed: int, item: int, attempt: int) -> tuple[int, float]:
     return status, latency
 
 
-def flaky_responder(seed: int) -> Callable[[str, float], Reply]:
+def flaky_responder(seed: int, retry_after: int = FLAKY_RETRY_AFTER) -> Callable[[str, float], Reply]:
     """The policy of the flaky API: ``<prefix>/item/<i>`` answers per :func:`flaky_plan`, the
     attempts of each path counted apart (a client gives each run its own prefix)."""
     seen: dict[str, int] = {}
@@ -178,7 +178,7 @@ def flaky_responder(seed: int) -> Callable[[str, float], Reply]:
         attempt = seen.get(path, 0)
         seen[path] = attempt + 1
         status, latency = flaky_plan(seed, item, attempt)
-        headers = (("retry-after", str(FLAKY_RETRY_AFTER)),) if status == 429 else ()
+        headers = (("retry-after", str(retry_after)),) if status == 429 else ()
         body = b'{"item": %d}' % item if status == 200 else b'{"error": "try again"}'
         return Reply(status, headers, latency, body)
 
@@ -199,7 +199,9 @@ def flaky_work(seed: int, n: int, max_attempts: int) -> tuple[float, int]:
     return busy, attempts
 
 
-def flaky_schedule(seed: int, n: int, slots: int, max_attempts: int, wait: float, backoff: float) -> float:
+def flaky_schedule(
+    seed: int, n: int, slots: int, max_attempts: int, wait: float, backoff: float, retry_after: int = FLAKY_RETRY_AFTER
+) -> float:
     """The makespan of a perfect pool on the flaky API: no overhead at all, ``slots`` attempts at
     once, a waiting item holding no slot, a retry whose wait is over served before a new item.
 
@@ -225,13 +227,13 @@ def flaky_schedule(seed: int, n: int, slots: int, max_attempts: int, wait: float
         heapq.heappush(free_at, done)
         end = max(end, done)
         if status != 200 and attempt + 1 < max_attempts:
-            pause = float(FLAKY_RETRY_AFTER) if status == 429 else wait * backoff**attempt
+            pause = float(retry_after) if status == 429 else wait * backoff**attempt
             heapq.heappush(retries, (done + pause, item, attempt + 1))
     return end
 
 
-async def _serve_flaky(seed: int, port_file: Path, max_requests: int, seconds: float) -> None:
-    api = LocalAPI(flaky_responder(seed), max_requests=max_requests)
+async def _serve_flaky(seed: int, retry_after: int, port_file: Path, max_requests: int, seconds: float) -> None:
+    api = LocalAPI(flaky_responder(seed, retry_after), max_requests=max_requests)
     with trio.move_on_after(seconds):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(api.serve)
@@ -243,11 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.localapi", description=__doc__.splitlines()[0])
     parser.add_argument("api", choices=["flaky"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--retry-after", type=int, default=FLAKY_RETRY_AFTER, help="seconds, in each 429")
     parser.add_argument("--port-file", type=Path, required=True)
     parser.add_argument("--max-requests", type=int, default=200_000)
     parser.add_argument("--seconds", type=float, default=900.0, help="stop after this long, whatever happens")
     args = parser.parse_args(argv)
-    trio.run(_serve_flaky, args.seed, args.port_file, args.max_requests, args.seconds)
+    trio.run(_serve_flaky, args.seed, args.retry_after, args.port_file, args.max_requests, args.seconds)
     return 0
 
 
