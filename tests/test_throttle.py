@@ -299,6 +299,49 @@ class TestThrottleLimits:
             Plain().report_usage(-3)
 
 
+    def test_Throttle_usage_reported_after_the_entry_left_the_window(self) -> None:
+        """An attempt longer than a minute that reports its usage leaves the budget's count right."""
+        throttle = trioflow.Throttle(tokens_per_minute=100)
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+
+                async def long_call() -> None:
+                    async with throttle.admit(50):
+                        await trio.sleep(70)
+                        trioflow.Node().report_usage(10)
+
+                nursery.start_soon(long_call)
+                await trio.sleep(65)
+                async with throttle.admit(60):  # the first entry left the window at t=60
+                    pass
+            assert throttle.statistics().tokens_used == 60
+
+        run(main)
+
+    def test_Throttle_shared_by_two_runs(self) -> None:
+        """A Throttle made at import time serves a second Trio run: the first run's times (a cool-down
+        on its clock) do not hold the second back; the adaptive rate it learned is kept."""
+        throttle = trioflow.Throttle(requests_per_second=1, tokens_per_minute=2, adaptive=True)
+
+        async def first() -> None:
+            for _ in range(2):
+                ticket = await throttle.acquire()
+                throttle.release(ticket, "throttled", Throttled(100.0))
+            assert throttle.statistics().cool_down_left > 99
+
+        async def second() -> float:
+            ticket = await throttle.acquire()
+            throttle.release(ticket)
+            return trio.current_time()
+
+        run(first)
+        learned = throttle.statistics().rate
+        assert learned is not None and learned < 1
+        assert run(second) == 0.0
+        assert throttle.statistics().rate == learned
+
+
 class TestThrottleCoolDown:
     @given(
         throttles=st.integers(min_value=0, max_value=5),

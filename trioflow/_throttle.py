@@ -225,9 +225,10 @@ class ThrottleStatistics:
 class Ticket:
     """One admitted attempt: when it started, its weight, the usage it reported."""
 
-    __slots__ = ("cost", "entry", "started", "throttled", "used")
+    __slots__ = ("cost", "entry", "run", "started", "throttled", "used")
 
-    def __init__(self, started: float, cost: float, entry: list[float] | None) -> None:
+    def __init__(self, started: float, cost: float, entry: list[float] | None, run: object) -> None:
+        self.run = run  # the Trio run it was admitted in
         self.started = started
         self.cost = cost
         self.entry = entry  # [start, weight] in the token window, or None
@@ -354,6 +355,7 @@ class Throttle:
         "_recent",
         "_reported",
         "_retry_after",
+        "_run",
         "_slow_start",
         "_throttled",
         "_tokens_per_minute",
@@ -406,6 +408,20 @@ class Throttle:
         self._last_cut = -math.inf
         self._recent: deque[Ticket] = deque()  # the attempts of the last ACCEPTED_WINDOW seconds
         self._reported = self._rate
+        self._run: object = None  # the Trio run whose clock the times above are on
+
+    def _same_run(self) -> None:
+        """Forget the times of an earlier Trio run (a Throttle made at import time may serve
+        several ``trioflow.run`` calls, and each run's clock has an origin of its own); what the
+        adaptive rate learned is a rate, not a time, and is kept."""
+        run = trio.lowlevel.current_trio_token()
+        if run is self._run:
+            return
+        self._run = run
+        self._last_start = self._cool_until = self._last_cut = -math.inf
+        self._window.clear()
+        self._used = 0.0
+        self._recent.clear()
 
     def __repr__(self) -> str:
         parts = []
@@ -448,6 +464,7 @@ class Throttle:
                 f"Throttle: an attempt of cost {cost:g} can never start under tokens_per_minute="
                 f"{self._tokens_per_minute:g}; lower the node's cost() or raise the budget"
             )
+        self._same_run()
         self._waiting += 1
         try:
             async with self._lock:
@@ -480,10 +497,12 @@ class Throttle:
             started (or extended) ends; None otherwise.
         """
         self._in_flight -= 1
-        if ticket.used is not None and ticket.entry is not None:  # reported usage replaces the estimate
-            entry = ticket.entry
-            self._used += ticket.used - entry[1]
-            entry[1] = ticket.used
+        entry = ticket.entry
+        if ticket.used is not None and entry is not None and ticket.run is self._run:
+            # Reported usage replaces the estimate, unless the entry left the window already.
+            if entry[0] + TOKEN_WINDOW > trio.current_time():
+                self._used += ticket.used - entry[1]
+                entry[1] = ticket.used
             ticket.entry = None
         pause: float | None = None
         if outcome == "throttled":
@@ -539,6 +558,7 @@ class Throttle:
         except RuntimeError:  # outside a Trio run: nothing runs, nothing cools down
             now = None
         if now is not None:
+            self._same_run()
             self._expire(now)
         return ThrottleStatistics(
             rate=self._rate,
@@ -595,7 +615,7 @@ class Throttle:
             entry = [now, cost]
             self._window.append(entry)
             self._used += cost
-        ticket = Ticket(now, cost, entry)
+        ticket = Ticket(now, cost, entry, self._run)
         if self._adaptive:
             self._forget(now)
             self._recent.append(ticket)
