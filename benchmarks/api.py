@@ -514,14 +514,14 @@ def run_all(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.api", description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--smoke", action="store_true", help="tiny: 60 calls, one seed (seconds)")
+    size.add_argument("--smoke", action="store_true", help="tiny: 30 calls, one seed (seconds)")
     size.add_argument("--quick", action="store_true", help="1,000 calls, one seed")
     parser.add_argument("--n", type=int, help="calls per run (default 3,000)")
     parser.add_argument("--seeds", type=int, help="seeds (default 3)")
     parser.add_argument("--system", action="append", choices=SYSTEMS, help="run only these systems")
     parser.add_argument("--plot", help="write the rate-over-time PNG here")
     args = parser.parse_args(argv)
-    n = args.n or (60 if args.smoke else 1000 if args.quick else N)
+    n = args.n or (30 if args.smoke else 1000 if args.quick else N)
     seeds = range(args.seeds or (1 if args.smoke or args.quick else SEEDS))
     outcomes = run_all(n, seeds, args.system or SYSTEMS)
     print(f"api: {n:,} calls, seeds {list(seeds)}, provider {RATE:g}/s burst {BURST:g} (drop to {DROPPED_RATE:g}/s "

@@ -236,21 +236,25 @@ def once(system: str, n: int, seed: int = 0, retry_after: int = FLAKY_RETRY_AFTE
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.flaky", description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--smoke", action="store_true", help="tiny: 64 items, one run each")
+    size.add_argument("--smoke", action="store_true", help="tiny: 16 items, Retry-After 0, one run each")
     size.add_argument("--quick", action="store_true", help="500 items, one run each")
     parser.add_argument("--n", type=int, help=f"items (default {N:,})")
     parser.add_argument("--repeats", type=int, help="runs per system (default 3; 1 with --smoke/--quick)")
     parser.add_argument("--system", action="append", choices=SYSTEMS, help="run only these systems")
+    parser.add_argument("--retry-after", type=int, help="seconds in each 429 (default 1; 0 with --smoke)")
     args = parser.parse_args(argv)
-    n = args.n or (64 if args.smoke else 500 if args.quick else N)
+    n = args.n or (16 if args.smoke else 500 if args.quick else N)
+    retry_after = args.retry_after if args.retry_after is not None else 0 if args.smoke else FLAKY_RETRY_AFTER
     repeats = args.repeats or (1 if args.smoke or args.quick else 3)
     systems = args.system or list(SYSTEMS)
     times: dict[str, list[float]] = {s: [] for s in systems}
-    for rep in range(repeats):
-        for system in systems[rep % len(systems):] + systems[: rep % len(systems)]:
-            times[system].append(once(system, n)[0])
+    _, attempts = flaky_work(0, n, MAX_ATTEMPTS)
+    with Server(0, attempts * len(systems) * repeats + 100, retry_after) as server:
+        for rep in range(repeats):
+            for system in systems[rep % len(systems):] + systems[: rep % len(systems)]:
+                times[system].append(time_system(system, server.url, n, prefix=f"/{system}/{rep}")[0])
     best = ideal(n)
-    perfect = flaky_schedule(0, n, CAP, MAX_ATTEMPTS, WAIT, BACKOFF)
+    perfect = flaky_schedule(0, n, CAP, MAX_ATTEMPTS, WAIT, BACKOFF, retry_after)
     print(f"flaky: {n:,} requests, cap {CAP}, load {os.getloadavg()[0]:.2f}; ideal {best:.2f} s "
           f"(all {CAP} slots busy), perfect pool {perfect:.2f} s (no overhead; the last Retry-Afters)")
     ours = min(times["trioflow"]) if "trioflow" in times else None

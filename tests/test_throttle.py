@@ -224,6 +224,25 @@ class TestThrottleLimits:
         run(main)
         assert starts == [0.0, 1.0, 2.0, 3.0]
 
+    def test_Throttle_admits_each_run_of_a_ParallelBatchFlow(self) -> None:
+        """Each run of a batch flow's sub-flow passes through the flow's Throttle: runs start 1 s apart."""
+        starts: list[tuple[float, int]] = []
+
+        class Step(trioflow.Node):
+            async def exec(self, prep_res: Any) -> None:
+                starts.append((trio.current_time(), self.params["i"]))
+                await trio.sleep(5)
+
+        class Grid(trioflow.ParallelBatchFlow):
+            def prep(self, shared: Any) -> list[dict[str, int]]:
+                return [{"i": i} for i in range(3)]
+
+        async def main() -> None:
+            await Grid(start=Step(), throttle=trioflow.Throttle(requests_per_second=1), max_concurrency=3).run({})
+
+        run(main)
+        assert sorted(starts) == [(0.0, 0), (1.0, 1), (2.0, 2)]
+
     def test_Throttle_a_cancelled_waiter_leaves_no_hole(self) -> None:
         """A waiter cancelled before its turn books nothing: the next one starts at the first free time."""
         throttle = trioflow.Throttle(requests_per_second=1)
