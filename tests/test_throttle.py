@@ -657,6 +657,36 @@ class TestBackoffAdmission:
         # and the sibling (which got the cap's place then) gets it next; the retry comes at 10.5.
         assert ran == {"fails once 0": 0, "other": 0.5, "sibling 0": 1.5, "fails once 1": 10.5}
 
+    def test_limiter_is_free_during_a_cool_down(self) -> None:
+        """An item waiting out its Throttle's cool-down holds no token of a limiter it shares with a
+        node that does not use that Throttle: that node's item runs at once, not after the cool-down."""
+        limiter = trio.CapacityLimiter(1)
+        ran: list[tuple[str, float]] = []
+
+        async def throttled_once(item: str) -> str:
+            ran.append((item, trio.current_time()))
+            await trio.sleep(0.5)
+            if len(ran) == 1:
+                raise Throttled(10.0)
+            return item
+
+        async def other(item: str) -> str:
+            ran.append((item, trio.current_time()))
+            await trio.sleep(0.5)
+            return item
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    lambda: trioflow.parallel_map(throttled_once, ["a"], limiter=limiter, throttle=trioflow.Throttle())
+                )
+                await trio.sleep(1)
+                nursery.start_soon(lambda: trioflow.parallel_map(other, ["b"], limiter=limiter))
+
+        run(main)
+        assert ran[:2] == [("a", 0.0), ("b", 1.0)]
+        assert ran[2][0] == "a" and 10.5 <= ran[2][1] <= 11.5
+
     def test_Throttle_slot_is_free_during_backoff(self) -> None:
         """An item backing off holds no place in a Throttle's max_concurrency: another node's attempt runs."""
         throttle = trioflow.Throttle(max_concurrency=1)

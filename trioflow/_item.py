@@ -249,6 +249,7 @@ async def attempts(
         # Set the attempt only when it differs from what this task already sees.
         token = attempt_var.set(attempt) if attempt_var.get() != attempt else None
         ticket_token = None
+        cool_down: float | None = None
         try:
             plain = False
             try:
@@ -282,7 +283,7 @@ async def attempts(
                         if runner.attached is not None:
                             runner.attached.emit("throttled", runner.event_node, index, pause, exc)
                         throttled_since = trio.current_time()
-                        continue  # not an attempt of the policy: admission waits out the cool-down
+                        cool_down = pause  # not an attempt of the policy: try again after the cool-down
                 elif admission is not None:
                     admission.exit(hold, "failed", exc)
             except BaseException:
@@ -301,6 +302,11 @@ async def attempts(
                 attempt_var.reset(token)
             if ticket_token is not None:
                 current_ticket.reset(ticket_token)
+        if cool_down is not None:
+            # Wait out the shared cool-down holding nothing (no slot, no limiter token), so a
+            # node that shares the limiter but not the Throttle goes on meanwhile.
+            await trio.sleep(cool_down)
+            continue
         # ``error`` failed this attempt: retry, or fall back.
         if attempt + 1 >= node.max_retries or not isinstance(error, node.retry_on):
             value = node.exec_fallback(item, error)
