@@ -277,13 +277,17 @@ class Throttle:
       estimate by what the API billed.
     - ``adaptive=True`` finds the provider's rate by itself, starting at
       ``requests_per_second`` (default 10 per second): it doubles every
-      second until the first throttle (slow start), then cuts the rate to
-      0.7x on a throttle (at most once a second, and only for attempts
-      started after the last cut) and grows it back along a cubic curve,
-      slowly near the rate of the last cut and faster beyond it (CUBIC, as TCP
-      does).  It grows only while attempts wait for it: while your app is the
-      bottleneck, the rate holds.  Failures that are not throttles never
-      change it.
+      second until the first throttle (slow start).  On a throttle (at most
+      one cut a second, and none for attempts started before the last cut)
+      it estimates the provider's rate from what the provider accepted in
+      the last seconds (a provider's burst lets a faster rate through for a
+      while, so the rate at the first 429 overshoots), cuts to 0.7x of that
+      estimate and grows back along a cubic curve, slowly near the estimate
+      and faster beyond it (CUBIC, as TCP does).  It grows only while
+      attempts wait for it: while your app is the bottleneck, the rate
+      holds.  At a rate too low for 10 attempts a second its clock runs
+      per 10 attempts rather than per second.  Failures that are not
+      throttles never change it.  A second Trio run keeps the rate learned.
 
     A throttled attempt (``is_throttle(exc)``; by default an HTTP 429, 503
     or 529 from httpx, aiohttp, the openai or anthropic SDKs, or any
@@ -296,7 +300,8 @@ class Throttle:
     bounds the time one item spends throttled.
 
     Like ``trio.CapacityLimiter`` it is a small object: it may be made
-    outside a Trio run and shared by the nodes of one run; ``acquire`` and
+    outside a Trio run (at import time) and shared by the nodes of a run, and
+    of the runs after it, one at a time; ``acquire`` and
     ``release`` are what the engine calls (``admit`` wraps them for your own
     code); :meth:`statistics` tells what it is doing.  It emits the
     ``rate_changed`` instrument event when the adaptive rate moves.
