@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -257,9 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     perfect = flaky_schedule(0, n, CAP, MAX_ATTEMPTS, WAIT, BACKOFF, retry_after)
     print(f"flaky: {n:,} requests, cap {CAP}, load {os.getloadavg()[0]:.2f}; ideal {best:.2f} s "
           f"(all {CAP} slots busy), perfect pool {perfect:.2f} s (no overhead; the last Retry-Afters)")
-    ours = min(times["trioflow"]) if "trioflow" in times else None
-    for system, runs in times.items():
-        median = sorted(runs)[len(runs) // 2]
+    medians = {system: statistics.median(runs) for system, runs in times.items()}
+    ours = medians.get("trioflow")
+    for system, median in medians.items():
         vs = f"  trioflow / it {ours / median:.2f}" if ours is not None and system != "trioflow" else ""
         print(f"{system:>10}: median {median:6.2f} s  ÷ ideal {median / best:.2f}  ÷ perfect pool "
               f"{median / perfect:.2f}{vs}")
