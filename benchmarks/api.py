@@ -4,8 +4,9 @@
 
 The provider is simulated under ``trio.testing.MockClock`` (virtual time, so
 a minute of API traffic costs a fraction of a second, and a seed gives the
-same figures again, up to Trio's randomised task order: microseconds): a token bucket of 50 requests per second with a burst of 10, which
-the client is not told.  A call is decided when it arrives: accepted, it
+same figures again, up to Trio's randomised task order: microseconds): a
+token bucket of 50 requests per second with a burst of 10, which the client
+is not told.  A call is decided when it arrives: accepted, it
 answers after a lognormal latency (median 1 s); rejected, it answers after
 about 50 ms with a 429 whose ``retry-after-ms`` header says when the next
 token comes.  Four cases: the rate steady, or dropping to 20 requests per
