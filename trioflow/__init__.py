@@ -24,6 +24,8 @@ from ._instrument import instrumented as instrumented
 from ._node import Node as Node
 from ._parallel import as_completed as as_completed
 from ._parallel import parallel_map as parallel_map
+from ._throttle import Throttle as Throttle
+from ._throttle import ThrottleStatistics as ThrottleStatistics
 from .tracing import Span as Span
 from .tracing import Tracer as Tracer
 
@@ -38,6 +40,8 @@ __all__ = [
     "ParallelBatchFlow",
     "ParallelBatchNode",
     "Span",
+    "Throttle",
+    "ThrottleStatistics",
     "Tracer",
     "as_completed",
     "instrumented",

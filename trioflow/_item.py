@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from . import _instrument
+from ._throttle import current_ticket
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -300,6 +301,8 @@ async def attempts(
     while True:
         # Set the attempt only when it differs from what this task already sees.
         token = attempt_var.set(attempt) if attempt_var.get() != attempt else None
+        ticket_token = None
+        cool_down: float | None = None
         try:
             plain = False
             try:
@@ -308,6 +311,8 @@ async def attempts(
                     if throttled_since is not None:
                         throttled_for += trio.current_time() - throttled_since
                         throttled_since = None
+                    if throttle is not None:  # for ``Node.report_usage`` inside exec
+                        ticket_token = current_ticket.set(hold.ticket)
                 if runner.attached is not None:
                     runner.attached.emit("attempt_started", runner.event_node, index, attempt)
                 if timeout is None:
@@ -331,7 +336,7 @@ async def attempts(
                         if runner.attached is not None:
                             runner.attached.emit("throttled", runner.event_node, index, pause, exc)
                         throttled_since = trio.current_time()
-                        continue  # not an attempt of the policy: admission waits out the cool-down
+                        cool_down = pause  # not an attempt of the policy: try again after the cool-down
                 elif admission is not None:
                     admission.exit(hold, "failed", exc)
             except BaseException:
@@ -348,6 +353,13 @@ async def attempts(
         finally:
             if token is not None:
                 attempt_var.reset(token)
+            if ticket_token is not None:
+                current_ticket.reset(ticket_token)
+        if cool_down is not None:
+            # Wait out the shared cool-down holding nothing (no slot, no limiter token), so a
+            # node that shares the limiter but not the Throttle goes on meanwhile.
+            await trio.sleep(cool_down)
+            continue
         # ``error`` failed this attempt: retry, or fall back.
         if attempt + 1 >= node.max_retries or not isinstance(error, node.retry_on):
             value = node.exec_fallback(item, error)

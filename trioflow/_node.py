@@ -264,6 +264,22 @@ class Node:
         """
         return 1
 
+    def report_usage(self, tokens: float) -> None:
+        """Inside ``exec``: tell the node's Throttle what this attempt really weighed.
+
+        ``cost(item)`` is an estimate made before the call; the API's answer
+        usually says what it billed (``reply.usage.total_tokens``).  Reported
+        here, it replaces the estimate in the Throttle's ``tokens_per_minute``
+        budget when the attempt ends.  Without a Throttle it does nothing.
+        Not seen from a ``Processes`` or ``Dask`` executor (another process).
+
+        Raises:
+            TypeError: ``tokens`` is not a number >= 0.
+        """
+        from ._throttle import report_usage
+
+        report_usage(tokens)
+
     # -- wiring ----------------------------------------------------------------
 
     def set_params(self, params: dict[str, Any]) -> None:
