@@ -126,8 +126,6 @@ def canonical_key(item: Any) -> str:
     return "~" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-canonical_key._trioflow_default = True  # type: ignore[attr-defined]
-
 
 def _name(node: object) -> str:
     return type(node).__name__
@@ -748,10 +746,14 @@ class Recorder:
         """
         self._keep(self.keys.pop(index), value, index, item)
 
-    def settle(self, index: int, error: BaseException | None) -> None:
-        """Item ``index`` is over without a recorded result: it failed with ``error`` (recorded as
+    def settle(
+        self, index: int, error: BaseException | None, token: contextvars.Token[tuple[str, ...]] | None = None
+    ) -> None:
+        """Item ``index`` is over.  Without a recorded result, it failed with ``error`` (recorded as
         a failure: a resumed run tries it again), was cancelled, or (``error`` None) its
-        ``exec_fallback`` stood in (recorded as a failure too).  Nothing to do if it was recorded."""
+        ``exec_fallback`` stood in (recorded as a failure too).  ``token``: :meth:`enter`'s."""
+        if token is not None:
+            _place.reset(token)
         key = self.keys.pop(index, None)
         if key is not None:
             self._drop(key, error)
@@ -764,9 +766,6 @@ class Recorder:
     def enter(self, index: int) -> contextvars.Token[tuple[str, ...]]:
         """Param set ``index`` of a batch flow starts its sub-run: its steps are placed under its key."""
         return _place.set((*self.place, f"[{self.keys[index]}]"))
-
-    def leave(self, token: contextvars.Token[tuple[str, ...]]) -> None:
-        _place.reset(token)
 
     def backlogged(self) -> bool:
         return self.journal.backlogged()

@@ -77,18 +77,15 @@ class Recorder(Protocol):
     def record(self, index: int, item: Any, value: Any) -> None:
         """Keep the result of ``item``; must not block (the store writes it later)."""
 
-    def settle(self, index: int, error: BaseException | None) -> None:
+    def settle(self, index: int, error: BaseException | None, token: Any = None) -> None:
         """Item ``index`` is over: failed with ``error``, cancelled, or (None) done (recorded, or
-        its fallback's value stood in)."""
+        its fallback's value stood in); ``token``: what :meth:`enter` returned for it, if called."""
 
     def replayed(self) -> bool:
         """Count a replayed item; True when the batch should yield to Trio (now and then)."""
 
     def enter(self, index: int) -> Any:
-        """Param set ``index`` of a batch flow starts its sub-run; returns a token for :meth:`leave`."""
-
-    def leave(self, token: Any) -> None:
-        """The item that :meth:`enter` returned ``token`` for has stopped running."""
+        """Param set ``index`` of a batch flow starts its sub-run; returns a token for :meth:`settle`."""
 
     def backlogged(self) -> bool:
         """Whether the store is so far behind that a new item should wait (:meth:`wait_for_room`)."""
@@ -529,16 +526,12 @@ class ItemRunner:
                 await attempts(self, index, item, hold, keep)
         except BaseException as exc:
             if recorder is not None:
-                if place is not None:
-                    recorder.leave(place)
-                recorder.settle(index, exc)
+                recorder.settle(index, exc, place)
             if attached is not None:
                 attached.emit("item_finished", node, index, exc, None)
             raise
         if recorder is not None:
-            if place is not None:
-                recorder.leave(place)
-            recorder.settle(index, None)
+            recorder.settle(index, None, place)
         if attached is not None:
             attached.emit("item_finished", node, index, None, value)
 
