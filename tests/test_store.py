@@ -959,7 +959,9 @@ class TestStoreCommandLine:
             [sys.executable, "-m", "trioflow.store", str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=60
         )
         assert done.returncode == 1 and f"error: store {bad}" in done.stderr and "not a database" in done.stderr
-        assert main([str(tmp_path / "missing.db")], out=io.StringIO()) == 1
+        for command in ([], ["prune"], ["forget", "r"]):
+            assert main([str(tmp_path / "missing.db"), *command], out=io.StringIO()) == 1
+        assert not (tmp_path / "missing.db").exists()  # looking into a store never creates one
 
 
 class TestReadmeGuide:

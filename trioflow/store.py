@@ -355,10 +355,16 @@ class SQLiteStore:
         return SQLiteConnection(self)
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _existing(self) -> Iterator[SQLiteConnection]:
+        """A connection to the store, which must exist (looking into it never creates one)."""
         if not self.path.exists():
             raise StoreError(f"no store at {self.path}")
         with contextlib.closing(self.open()) as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._existing() as conn:
             yield conn.db
 
     def runs(self) -> list[RunInfo]:
@@ -386,7 +392,7 @@ class SQLiteStore:
         Raises:
             LeaseError: a live process is running it.
         """
-        with contextlib.closing(self.open()) as conn:
+        with self._existing() as conn:
             return conn.forget(run_id)
 
     def prune(self) -> dict[str, int]:
@@ -397,7 +403,7 @@ class SQLiteStore:
         batches of an older version or of a place the last finished generation
         of their run did not reach, and steps of past generations.
         """
-        with contextlib.closing(self.open()) as conn:
+        with self._existing() as conn:
             return conn.prune()
 
 
