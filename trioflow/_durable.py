@@ -629,9 +629,11 @@ class Recorder:
         default = getattr(type(node).item_key, "_trioflow_default", False)
         self.key_of: Callable[[Any], Any] = canonical_key if default else node.item_key
         self.stored = stored  # results recorded by earlier runs
-        self.used: set[str] = set()  # the keys of ``stored`` met in this batch
         self.stale = stale  # recorded keys marked stale by the last full pass
-        self.seen: set[str] = set()  # keys this batch computed and recorded
+        # Dicts of None, not sets: a dict of str keys and None values is not tracked by the
+        # garbage collector, so its collections never walk a million keys.
+        self.used: dict[str, None] = {}  # the keys of ``stored`` met in this batch
+        self.seen: dict[str, None] = {}  # keys this batch computed and recorded
         self.inflight: dict[str, Pending | None] = {}  # keys being computed -> what their duplicates wait on
         self.keys: dict[int, str] = {}  # index -> key of the items the ItemRunner is computing
         self.replays = 0
@@ -679,7 +681,7 @@ class Recorder:
             blob = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise self._refuse(key, value, index, item, exc) from exc
-        self.seen.add(key)
+        self.seen[key] = None
         self.journal.append((self.node_id, key, blob))
         pending = self.inflight.pop(key)
         if pending is not None:
@@ -721,7 +723,7 @@ class Recorder:
         key = self._key(index, item)
         blob = self.stored.get(key) if self.stored else None
         if blob is not None:
-            self.used.add(key)
+            self.used[key] = None
             return self._load(blob, index, item)
         if key in self.seen:
             return Reread(self, key, index, item)
@@ -779,7 +781,7 @@ class Recorder:
         unused = [key for key in self.stored if key not in used] if len(used) < len(self.stored) else []
         revived = [key for key in self.stale if key in used]
         self.journal.append(("finished", self.node_id, self.run_id, self.place_text, self.version, unused, revived))
-        self.stored, self.used = {}, set()
+        self.stored, self.used = {}, {}
 
     # -- the fast path ----------------------------------------------------------------------------------
 
@@ -814,7 +816,7 @@ class Recorder:
                     key = self._key(None, item)  # raises the error that says what to do
             blob = stored.get(key) if stored else None
             if blob is not None:  # recorded by an earlier run
-                used.add(key)
+                used[key] = None
                 try:
                     value = loads(blob)
                 except Exception:
@@ -845,7 +847,7 @@ class Recorder:
                 result = dumps(value, protocol)
             except Exception as exc:
                 raise self._refuse(key, value, None, item, exc) from exc
-            seen.add(key)
+            seen[key] = None
             queue.append((node_id, key, result))
             if len(queue) >= FLUSH_ROWS and not journal.kicked:
                 journal.kicked = True

@@ -492,6 +492,9 @@ class SQLiteConnection:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
+            # A process killed mid-run leaves its log uncheckpointed: move it into the database now,
+            # before the run's first commit (never waiting for another process's readers or writer).
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
             self.db.close()
             raise _error(store, exc, "opening it") from exc
