@@ -293,8 +293,7 @@ async def attempts(
     throttle = admission.throttle if admission is not None else None
     timeout = node.timeout
     attempt = 0
-    throttled_for = 0.0
-    throttled_since: float | None = None
+    throttled_for = 0.0  # the cool-downs this item waited out (bounded by ``max_throttle_wait``)
     while True:
         # Set the attempt only when it differs from what this task already sees.
         token = attempt_var.set(attempt) if attempt_var.get() != attempt else None
@@ -305,9 +304,6 @@ async def attempts(
             try:
                 if admission is not None:
                     await admission.enter(hold, node.cost(item) if throttle is not None else 1)
-                    if throttled_since is not None:
-                        throttled_for += trio.current_time() - throttled_since
-                        throttled_since = None
                     if throttle is not None:  # for ``Node.report_usage`` inside exec
                         ticket_token = current_ticket.set(hold.ticket)
                 if runner.attached is not None:
@@ -332,7 +328,7 @@ async def attempts(
                     if throttled_for + pause <= node.max_throttle_wait:
                         if runner.attached is not None:
                             runner.attached.emit("throttled", runner.event_node, index, pause, exc)
-                        throttled_since = trio.current_time()
+                        throttled_for += pause
                         cool_down = pause  # not an attempt of the policy: try again after the cool-down
                 elif admission is not None:
                     admission.exit(hold, "failed", exc)
