@@ -7,6 +7,7 @@ bounded, cancellation-safe worker pool that keeps input order.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import trio
@@ -24,6 +25,8 @@ from ._instrument import instrumented as instrumented
 from ._node import Node as Node
 from ._parallel import as_completed as as_completed
 from ._parallel import parallel_map as parallel_map
+from ._throttle import Throttle as Throttle
+from ._throttle import ThrottleStatistics as ThrottleStatistics
 from .executors import WorkerDiedError as WorkerDiedError
 from .tracing import Span as Span
 from .tracing import Tracer as Tracer
@@ -39,6 +42,8 @@ __all__ = [
     "ParallelBatchFlow",
     "ParallelBatchNode",
     "Span",
+    "Throttle",
+    "ThrottleStatistics",
     "Tracer",
     "WorkerDiedError",
     "as_completed",
@@ -49,20 +54,26 @@ __all__ = [
 ]
 
 
-def run(flow_or_node: Node, shared: Any) -> str | None:
+def run(flow_or_node: Node, shared: Any, *, store: Any = None, run_id: str | None = None) -> str | None:
     """Run a flow or node to completion from synchronous code (``trio.run``); return its action.
+
+    With ``store`` (a path to a SQLite file, or a :class:`trioflow.store.SQLiteStore`)
+    the run is durable: see :meth:`Node.run`.
 
     Example::
 
         shared = {"text": doc, "languages": ["fr", "de", "ja"]}
         trioflow.run(translation_flow, shared)
+        trioflow.run(translation_flow, shared, store="runs.db", run_id="translate")  # resumable
     """
     if not isinstance(flow_or_node, Node):
         raise TypeError(f"trioflow.run needs a trioflow Node or Flow, not {flow_or_node!r}")
     try:
         trio.lowlevel.current_trio_token()
     except RuntimeError:
-        return trio.run(flow_or_node.run, shared)
+        if store is None and run_id is None:
+            return trio.run(flow_or_node.run, shared)
+        return trio.run(functools.partial(flow_or_node.run, shared, store=store, run_id=run_id))
     name = type(flow_or_node).__name__
     raise RuntimeError(
         f"trioflow.run({name}, ...) was called inside a running Trio program; trioflow.run starts "

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from . import _instrument
+from . import _durable, _instrument
 from ._errors import add_note
 from ._item import Admission, Hold, ItemRunner
 from ._node import Node, node_name
@@ -91,6 +91,7 @@ async def run_sequential(node: Node, runner: ItemRunner, items: Iterable[Any] | 
             await items.aclose()
         elif inspect.isgenerator(items):
             items.close()
+    batch_finished(runner)
     return results
 
 
@@ -115,13 +116,24 @@ async def _run_one(
             admission.exit(hold)
 
 
-def runner_for(node: Any, call: Any, *, with_index: bool = False) -> ItemRunner:
+def runner_for(node: Any, call: Any, *, with_index: bool = False, recorder: Any = None) -> ItemRunner:
     """The item runner of one batch of ``node``: its throttle (sequential kinds; the pool adds
-    the rest of the admission), its executor, the instruments attached now."""
+    the rest of the admission), its executor, the instruments attached now, and in a durable
+    run its ``recorder`` (:func:`trioflow._durable.recorder_for`, awaited by the caller)."""
     throttle = getattr(node, "throttle", None)
     return ItemRunner(
-        node, call, admission=Admission(throttle=throttle) if throttle is not None else None, with_index=with_index
+        node,
+        call,
+        admission=Admission(throttle=throttle) if throttle is not None else None,
+        recorder=recorder,
+        with_index=with_index,
     )
+
+
+def batch_finished(runner: ItemRunner) -> None:
+    """The batch went through all its items (none failed it): tell its recorder, if any."""
+    if runner.durable is not None:
+        runner.durable.finished()
 
 
 @attrs.define(slots=False, eq=False, kw_only=True)
@@ -148,7 +160,8 @@ class BatchNode(Node):
 
     async def _exec(self, prep_res: Any) -> list[Any]:
         items = check_items(self, prep_res)
-        return await run_sequential(self, runner_for(self, self.exec), items)
+        recorder = await _durable.recorder_for(self) if _durable.current() is not None else None
+        return await run_sequential(self, runner_for(self, self.exec, recorder=recorder), items)
 
 
 @attrs.define(slots=False, eq=False, kw_only=True)
@@ -206,7 +219,8 @@ class ParallelBatchNode(BatchNode):
 
     async def _exec(self, prep_res: Any) -> list[Any]:
         items = check_items(self, prep_res)
-        return await run_parallel(self, runner_for(self, self.exec), items)
+        recorder = await _durable.recorder_for(self) if _durable.current() is not None else None
+        return await run_parallel(self, runner_for(self, self.exec, recorder=recorder), items)
 
 
 async def run_parallel(node: Any, runner: ItemRunner, items: Iterable[Any] | AsyncIterable[Any]) -> list[Any]:
@@ -225,7 +239,9 @@ async def run_parallel(node: Any, runner: ItemRunner, items: Iterable[Any] | Asy
         name=node_name(node),
         max_pending=node.max_pending,
     )
-    return await pool.run_to_list()
+    results = await pool.run_to_list()
+    batch_finished(runner)
+    return results
 
 
 def check_parallel_options(node: Any) -> None:

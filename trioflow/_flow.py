@@ -11,8 +11,9 @@ from typing import Any
 import attrs
 import trio
 
-from . import _instrument
+from . import _durable, _instrument
 from ._batch import check_items, check_parallel_options, run_parallel, run_sequential, runner_for
+from ._item import MISSING
 from ._mermaid import graph_ids
 from ._node import Node, call, check_action, node_name
 from ._parallel import OnError
@@ -120,9 +121,17 @@ class Flow(Node):
         # The place of each step in the graph, for instruments (see ``current_place``).
         ids = graph_ids(self) if _instrument.current() is not None else None
         base = (_instrument.current_place() or (node_name(self),)) if ids is not None else ()
+        # In a durable run: the steps' places in the store, and the steps a resumed run skips.
+        walk = _durable.flow_walk(self) if _durable.current() is not None else None
         wired: Node | None = self.start_node
         action: str | None = None
         while wired is not None:
+            if walk is not None:
+                recorded = walk.next(wired)
+                if recorded is not MISSING:  # finished before the run was interrupted: skip it
+                    action = recorded
+                    wired = self.get_next_node(wired, action)
+                    continue
             current = wired.__copy__()  # copy.copy's own lookup, skipped: every Node has __copy__
             current.set_params(step_params)
             # A checkpoint at every step: a full one for a node whose methods are
@@ -132,14 +141,22 @@ class Flow(Node):
                 await trio.lowlevel.checkpoint_if_cancelled()
             else:
                 await trio.lowlevel.checkpoint()
-            if ids is None:
+            if ids is None and walk is None:
                 action = await current._step(shared)
             else:
-                token = _instrument._place.set((*base, ids.get(id(wired), node_name(wired))))
+                token = None
+                if ids is not None:
+                    token = _instrument._place.set((*base, ids.get(id(wired), node_name(wired))))
+                place = walk.enter() if walk is not None else None
                 try:
                     action = await current._step(shared)
                 finally:
-                    _instrument._place.reset(token)
+                    if place is not None:
+                        walk.leave(place)  # type: ignore[union-attr]
+                    if token is not None:
+                        _instrument._place.reset(token)
+                if walk is not None:
+                    walk.record(action, shared)
             successor = self.get_next_node(current, action)
             attached = _instrument.current()
             if attached is not None:
@@ -200,7 +217,8 @@ class BatchFlow(Flow):
     async def _run_flow(self, shared: Any) -> str | None:
         prep_res = await call(self.prep, shared)
         param_sets = check_items(self, prep_res)
-        runner = runner_for(self, functools.partial(self._sub_run, shared), with_index=True)
+        recorder = await _durable.recorder_for(self, "param set") if _durable.current() is not None else None
+        runner = runner_for(self, functools.partial(self._sub_run, shared), with_index=True, recorder=recorder)
         results = await self._run_all(runner, param_sets)
         return check_action(self, await call(self.post, shared, prep_res, results))
 

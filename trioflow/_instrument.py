@@ -56,9 +56,11 @@ class Instrument:
     ``item_started``, then per attempt ``attempt_started`` and, for a failed
     attempt that will be retried, ``retry_scheduled`` (or ``throttled`` for an
     attempt the provider throttled), then ``item_finished``; last
-    ``node_finished``.  A plain node's ``exec`` attempts have ``index`` None.  Items of a parallel
-    batch interleave, but each item's own events keep that order.  A flow
-    emits ``flow_step`` after each of its steps' ``node_finished``.
+    ``node_finished``.  A plain node's ``exec`` attempts have ``index`` None.
+    Items of a parallel batch interleave, but each item's own events keep that
+    order.  An item a durable run had recorded already (replayed from the
+    store, ``exec`` not called) gets ``item_finished`` alone, with its value.
+    A flow emits ``flow_step`` after each of its steps' ``node_finished``.
 
     Example::
 

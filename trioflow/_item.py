@@ -38,11 +38,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from . import _instrument
+from ._throttle import current_ticket
 
 if TYPE_CHECKING:
     from ._node import Node
 
-__all__ = ["MISSING", "Admission", "Hold", "ItemRunner", "Rate", "Recorder", "attempts"]
+__all__ = ["MISSING", "Admission", "Hold", "ItemRunner", "Pending", "Rate", "Recorder", "attempts"]
 
 #: What a :class:`Recorder` returns for an item it has no result for.
 MISSING: Any = object()
@@ -65,13 +66,63 @@ def is_awaitable(value: Any) -> bool:
 
 
 class Recorder(Protocol):
-    """The store's side of one batch: results recorded by an earlier run, and new ones."""
+    """The store's side of one batch (:class:`trioflow._durable.Recorder`): results recorded by an
+    earlier run, and the record of new ones.  ``lookup`` computes the item's key once; the
+    other calls refer to the item by its index."""
 
     def lookup(self, index: int, item: Any) -> Any:
-        """The recorded result of ``item`` (at ``index``), or :data:`MISSING`."""
+        """The recorded result of ``item`` (at ``index``), :data:`MISSING` (compute it), or a
+        :class:`Pending` (the same item is being computed by another index of the batch)."""
 
     def record(self, index: int, item: Any, value: Any) -> None:
         """Keep the result of ``item``; must not block (the store writes it later)."""
+
+    def settle(self, index: int, error: BaseException | None, token: Any = None) -> None:
+        """Item ``index`` is over: failed with ``error``, cancelled, or (None) done (recorded, or
+        its fallback's value stood in); ``token``: what :meth:`enter` returned for it, if called."""
+
+    def replayed(self) -> bool:
+        """Count a replayed item; True when the batch should yield to Trio (now and then)."""
+
+    def enter(self, index: int) -> Any:
+        """Param set ``index`` of a batch flow starts its sub-run; returns a token for :meth:`settle`."""
+
+    def backlogged(self) -> bool:
+        """Whether the store is so far behind that a new item should wait (:meth:`wait_for_room`)."""
+
+    async def wait_for_room(self) -> None:
+        """Wait until the store has caught up."""
+
+    def finished(self) -> None:
+        """The batch went through all its items."""
+
+    def wrap(self, call: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """``call`` with the done-before? and record stages around it, for an item that needs
+        nothing else (no retry policy, no executor, no instrument): an ``async def`` function
+        of the item that the pool's fast path can await."""
+
+
+class Pending:
+    """A result not at hand: an item whose key is being computed by another item of its batch
+    (or, for the store's subclass, one to read back from the store).
+
+    ``await pending.wait()`` returns the result, or :data:`MISSING` if the
+    other item failed (then this one runs for itself).
+    """
+
+    __slots__ = ("event", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = MISSING
+
+    def set(self, value: Any) -> None:
+        self.value = value
+        self.event.set()
+
+    async def wait(self) -> Any:
+        await self.event.wait()
+        return self.value
 
 
 # -- admit -----------------------------------------------------------------------
@@ -242,19 +293,19 @@ async def attempts(
     throttle = admission.throttle if admission is not None else None
     timeout = node.timeout
     attempt = 0
-    throttled_for = 0.0
-    throttled_since: float | None = None
+    throttled_for = 0.0  # the cool-downs this item waited out (bounded by ``max_throttle_wait``)
     while True:
         # Set the attempt only when it differs from what this task already sees.
         token = attempt_var.set(attempt) if attempt_var.get() != attempt else None
+        ticket_token = None
+        cool_down: float | None = None
         try:
             plain = False
             try:
                 if admission is not None:
                     await admission.enter(hold, node.cost(item) if throttle is not None else 1)
-                    if throttled_since is not None:
-                        throttled_for += trio.current_time() - throttled_since
-                        throttled_since = None
+                    if throttle is not None:  # for ``Node.report_usage`` inside exec
+                        ticket_token = current_ticket.set(hold.ticket)
                 if runner.attached is not None:
                     runner.attached.emit("attempt_started", runner.event_node, index, attempt)
                 if timeout is None:
@@ -277,8 +328,8 @@ async def attempts(
                     if throttled_for + pause <= node.max_throttle_wait:
                         if runner.attached is not None:
                             runner.attached.emit("throttled", runner.event_node, index, pause, exc)
-                        throttled_since = trio.current_time()
-                        continue  # not an attempt of the policy: admission waits out the cool-down
+                        throttled_for += pause
+                        cool_down = pause  # not an attempt of the policy: try again after the cool-down
                 elif admission is not None:
                     admission.exit(hold, "failed", exc)
             except BaseException:
@@ -295,6 +346,13 @@ async def attempts(
         finally:
             if token is not None:
                 attempt_var.reset(token)
+            if ticket_token is not None:
+                current_ticket.reset(ticket_token)
+        if cool_down is not None:
+            # Wait out the shared cool-down holding nothing (no slot, no limiter token), so a
+            # node that shares the limiter but not the Throttle goes on meanwhile.
+            await trio.sleep(cool_down)
+            continue
         # ``error`` failed this attempt: retry, or fall back.
         if attempt + 1 >= node.max_retries or not isinstance(error, node.retry_on):
             value = node.exec_fallback(item, error)
@@ -343,6 +401,7 @@ class ItemRunner:
         "admission",
         "attached",
         "call",
+        "durable",
         "event_node",
         "fast",
         "fast_async",
@@ -367,6 +426,8 @@ class ItemRunner:
         self.call = call
         self.admission = admission if admission else None
         self.recorder = recorder
+        #: the batch's recorder, whichever way its stages are run (told when the batch finishes)
+        self.durable = recorder
         self.event_node = node if event_node is None else event_node
         self.with_index = with_index
         #: what an item is called in notes: a batch flow's items are its param sets
@@ -374,14 +435,25 @@ class ItemRunner:
         self.attached = _instrument.current() if node is not None else None
         executor = getattr(node, "executor", None)
         bound = executor.bind(type(node).__name__, call) if executor is not None and not with_index else None
-        self.run_exec: Callable[[Any], Any] = call if bound is None else bound
         from ._node import has_policy
 
+        if (
+            recorder is not None
+            and not with_index
+            and bound is None
+            and self.attached is None
+            and not has_policy(node)
+            and attempt_var.get() == 0
+        ):
+            # An attempt is the call alone: the store's stages wrap it, and the pool's fast path runs it.
+            self.call = call = recorder.wrap(call)
+            self.recorder = None
+        self.run_exec: Callable[[Any], Any] = call if bound is None else bound
         self.fast = (
             not with_index
             and bound is None
             and self.admission is None
-            and recorder is None
+            and self.recorder is None
             and self.attached is None
             and not has_policy(node)
             and attempt_var.get() == 0
@@ -391,10 +463,12 @@ class ItemRunner:
         self.fast_async = self.fast and (with_index or inspect.iscoroutinefunction(call))
 
     def record_result(self, index: Any, item: Any, value: Any, record: Callable[[Any, Any], None]) -> None:
-        """The record stage for a value ``exec`` returned: the caller's slot, then the store."""
+        """The record stage for a value ``exec`` returned: the store (which may refuse a value it
+        cannot keep, failing the item), then the caller's slot.  A plain node's ``exec``
+        (``index`` None) is its batch's item 0."""
+        if self.recorder is not None:
+            self.recorder.record(0 if index is None else index, item, value)
         record(index, value)
-        if self.recorder is not None and index is not None:
-            self.recorder.record(index, item, value)
 
     async def run(self, index: int, item: Any, hold: Hold, record: Callable[[Any, Any], None]) -> None:
         """Take item ``index`` through its life; ``record(index, value)`` gets its result.
@@ -402,19 +476,36 @@ class ItemRunner:
         Raises:
             Exception: the item failed for good (after its retries and fallback).
         """
-        if self.recorder is not None:
-            done = self.recorder.lookup(index, item)
-            if done is not MISSING:
-                record(index, done)
-                return
+        recorder = self.recorder
         attached = self.attached
-        if attached is None:
+        if attached is None and recorder is None:
             if self.with_index:
                 await self._with_index(index, item, hold, record)
             else:
                 await attempts(self, index, item, hold, record)
             return
         node = self.event_node
+        place = None
+        if recorder is not None:
+            # -- done before? A replayed item emits item_finished only (exec is not called).
+            done = recorder.lookup(index, item)
+            while isinstance(done, Pending):  # a duplicate in flight: wait for it, holding no place
+                if self.admission is not None:
+                    self.admission.exit(hold)
+                done = await done.wait()
+                if done is MISSING:  # it failed: this one tries for itself
+                    done = recorder.lookup(index, item)
+            if done is not MISSING:
+                record(index, done)
+                if attached is not None:
+                    attached.emit("item_finished", node, index, None, done)
+                if recorder.replayed():
+                    await trio.lowlevel.checkpoint()
+                return
+            if recorder.backlogged():
+                await recorder.wait_for_room()
+            if self.with_index:
+                place = recorder.enter(index)  # the sub-run's steps are placed under the param set's key
         value: Any = None
 
         def keep(index: Any, result: Any) -> None:
@@ -422,16 +513,23 @@ class ItemRunner:
             value = result
             record(index, result)
 
-        attached.emit("item_started", node, index)
+        if attached is not None:
+            attached.emit("item_started", node, index)
         try:
             if self.with_index:
                 await self._with_index(index, item, hold, keep)
             else:
                 await attempts(self, index, item, hold, keep)
         except BaseException as exc:
-            attached.emit("item_finished", node, index, exc, None)
+            if recorder is not None:
+                recorder.settle(index, exc, place)
+            if attached is not None:
+                attached.emit("item_finished", node, index, exc, None)
             raise
-        attached.emit("item_finished", node, index, None, value)
+        if recorder is not None:
+            recorder.settle(index, None, place)
+        if attached is not None:
+            attached.emit("item_finished", node, index, None, value)
 
     async def _with_index(self, index: int, item: Any, hold: Hold, keep: Callable[[Any, Any], None]) -> None:
         """One run of a batch flow's sub-flow: admitted once, not retried (a flow has no policy)."""

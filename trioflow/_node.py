@@ -13,8 +13,8 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 import trio
 
-from . import _instrument
-from ._item import Admission, Hold, ItemRunner, attempt_var, attempts
+from . import _durable, _instrument
+from ._item import MISSING, Admission, Hold, ItemRunner, Pending, attempt_var, attempts
 
 __all__ = ["Node"]
 
@@ -264,6 +264,22 @@ class Node:
         """
         return 1
 
+    def report_usage(self, tokens: float) -> None:
+        """Inside ``exec``: tell the node's Throttle what this attempt really weighed.
+
+        ``cost(item)`` is an estimate made before the call; the API's answer
+        usually says what it billed (``reply.usage.total_tokens``).  Reported
+        here, it replaces the estimate in the Throttle's ``tokens_per_minute``
+        budget when the attempt ends.  Without a Throttle it does nothing.
+        Not seen from a ``Processes`` or ``Dask`` executor (another process).
+
+        Raises:
+            TypeError: ``tokens`` is not a number >= 0.
+        """
+        from ._throttle import report_usage
+
+        report_usage(tokens)
+
     # -- wiring ----------------------------------------------------------------
 
     def set_params(self, params: dict[str, Any]) -> None:
@@ -320,13 +336,52 @@ class Node:
 
     # -- running -----------------------------------------------------------------
 
-    async def run(self, shared: Any) -> str | None:
-        """Run this node alone (its successors are not run) and return its action."""
+    async def run(self, shared: Any, *, store: Any = None, run_id: str | None = None) -> str | None:
+        """Run this node (a flow: its graph) and return its action; a plain node's successors are not run.
+
+        Args:
+            shared: the state the nodes read and write (a dict, for a durable flow).
+            store: makes the run durable: a path (a SQLite file,
+                :class:`trioflow.store.SQLiteStore`) or a store object.  Each finished
+                batch item's result and each finished flow step is recorded under
+                ``run_id``; run it again after a crash, a Ctrl-C or a failure and it
+                restores ``shared`` to the last finished step and runs only what is
+                left.  Nested flows and nodes use the run's store (a run that a node
+                starts itself, ``await other.run(shared)``, is not part of it).
+            run_id: the name of the run in the store (default: this node's class name).
+                One process at a time may run it (:class:`trioflow.store.LeaseError`).
+
+        Example::
+
+            await flow.run(shared, store="runs.db", run_id="nightly")  # killed halfway? run it again
+        """
         if self.successors:
             warnings.warn(f"{node_name(self)} won't run successors. Use Flow.", UserWarning, stacklevel=2)
         # A public async API, so a full checkpoint whatever the node's methods do.
         await trio.lowlevel.checkpoint()
+        if store is not None or run_id is not None:
+            return await _durable.run_durable(self, shared, store, run_id)
+        if _durable.current() is not None:
+            return await _durable.run_apart(self, shared)
         return await self._step(shared)
+
+    def item_key(self, item: Any) -> str:
+        """The identity of ``item`` across runs, for a durable run's store (a batch item, a batch
+        flow's param set, a plain node's ``prep`` result).
+
+        The default is the item's canonical JSON (keys sorted), or a hash of it when
+        long; an item that is not JSON is an error that points here.  Override it to
+        key items by what identifies them (never by their position alone: an
+        insertion would shift every key)::
+
+            def item_key(self, doc):
+                return doc.id
+
+        The node's place in the graph and its ``version`` are added to the key by the store.
+        """
+        return _durable.canonical_key(item)
+
+    item_key._trioflow_default = True  # type: ignore[attr-defined]  # tells the default apart, cheaply
 
     def _step(self, shared: Any) -> Awaitable[str | None]:
         """``_run`` with the node events, as a flow runs each step (the caller checkpoints).
@@ -374,20 +429,50 @@ class Node:
         Everything else goes through the one retry core, :func:`._item.attempts`.
         """
         executor = self.executor
-        if (executor is None or getattr(executor, "inline", False)) and attempt_var.get() == 0 and not has_policy(self):
+        if (
+            (executor is None or getattr(executor, "inline", False))
+            and attempt_var.get() == 0
+            and not has_policy(self)
+            and _durable.current() is None
+        ):
             return self.exec(prep_res)
         return self._exec_attempts(prep_res)
 
     async def _exec_attempts(self, prep_res: Any) -> Any:
         throttle = self.throttle
-        runner = ItemRunner(self, self.exec, admission=Admission(throttle=throttle) if throttle else None)
+        # In a durable run, exec's result is recorded as the one item of a batch, keyed by prep_res.
+        recorder = None
+        if _durable.current() is not None and type(self).exec is not Node.exec:
+            recorder = await _durable.recorder_for(self, "prep result")
+        runner = ItemRunner(
+            self, self.exec, admission=Admission(throttle=throttle) if throttle else None, recorder=recorder
+        )
+        hooks = runner.recorder  # None when the recorder wrapped exec (no policy: nothing else to do)
+        if hooks is not None:
+            done = hooks.lookup(0, prep_res)
+            while isinstance(done, Pending):
+                done = await done.wait()
+                if done is MISSING:
+                    done = hooks.lookup(0, prep_res)
+            if done is not MISSING:
+                hooks.finished()
+                await trio.lowlevel.checkpoint()
+                return done
         hold = Hold()
         box: list[Any] = []
         try:
             await attempts(runner, None, prep_res, hold, lambda index, value: box.append(value))
+        except BaseException as exc:
+            if hooks is not None:
+                hooks.settle(0, exc)
+            raise
         finally:
             if runner.admission is not None:
                 runner.admission.exit(hold)
+        if hooks is not None:
+            hooks.settle(0, None)
+        if recorder is not None:
+            recorder.finished()
         return box[0]
 
 
