@@ -49,7 +49,8 @@ The protocol the engine calls (a custom executor implements it):
   node's class name and the bound ``exec`` (or a ``parallel_map`` function);
   returns ``None`` (run ``fn`` inline) or an async function of one item that
   runs ``fn(item)`` elsewhere.  Checks done once per batch belong here;
-- ``default_max_concurrency()``: the cap a parallel batch takes when it has none (None: no cap).
+- ``default_max_concurrency()`` (optional): the cap a parallel batch takes when it has none
+  (None, or no such method: no cap).
 """
 
 from __future__ import annotations
