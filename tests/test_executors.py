@@ -197,6 +197,19 @@ class TestThreads:
         assert results == {0: list(range(6)), 1: list(range(6))}
         assert running.peak == 3
 
+    async def test_as_completed_runs_a_plain_fn_on_Threads(self) -> None:
+        """``as_completed`` with ``Threads``: each call in a worker thread, every (index, result) handed out once."""
+        main = threading.get_ident()
+
+        def where(item: int) -> tuple[int, bool]:
+            return item, threading.get_ident() != main
+
+        seen = {}
+        async with trioflow.as_completed(where, range(10), max_concurrency=4, executor=Threads()) as results:
+            async for index, value in results:
+                seen[index] = value
+        assert seen == {i: (i, True) for i in range(10)}
+
     async def test_Threads_cur_retry_is_the_attempt_in_the_thread(self) -> None:
         """``self.cur_retry`` inside a threaded exec is that attempt's number; a retried item gets attempt 1."""
 
