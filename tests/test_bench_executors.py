@@ -18,11 +18,14 @@ def result(group: Group, seconds: dict[str, float], **extra: dict[str, float]) -
 
 class TestCpuTargets:
     def test_cpu_targets_are_speed_ups_over_inline_and_the_ratio_to_the_pool(self) -> None:
-        """Processes at 1 s and Dask at 1.5 s against inline at 2 s: speed-ups 2.0 (met) and 1.33 (missed)."""
-        group = Group("cpu", 32, 4, cpu.SYSTEMS, params={"size": 512})
-        figures = {"processes": 1.0, "dask": 1.5, "threads": 1.2, "inline": 2.0, "pocketflow": 2.1,
-                   "process-pool": 0.9}
-        targets = {t.name: t for t in cpu.targets([result(group, figures)])}
+        """Processes at 1 s and Dask at 1.5 s, each against inline at 2 s in its group: 2.0 (met) and 1.33 (missed)."""
+        (local, dask) = cpu.plan("full")
+        assert "dask" not in local.systems and dask.systems == ("dask", "inline")
+        results = [
+            result(local, {"processes": 1.0, "threads": 1.2, "inline": 2.0, "pocketflow": 2.1, "process-pool": 0.9}),
+            result(dask, {"dask": 1.5, "inline": 2.0}),
+        ]
+        targets = {t.name: t for t in cpu.targets(results)}
         assert targets["cpu: Processes speed-up over inline"].measured == 2.0
         assert targets["cpu: Processes speed-up over inline"].met
         assert not targets["cpu: Dask speed-up over inline"].met
