@@ -1,8 +1,8 @@
 """Scenario 8, ``cpu``: the image x filter grid with real pixel work (Pillow), on the machine's cores.
 
 N param sets (generated images x four filters) through a ``ParallelBatchFlow`` whose
-sub-flow loads a generated image (inline, about 1 ms), denoises it and filters it six
-times over (the CPU-bound step, about 60 ms at 512 px) and saves a digest of the result
+sub-flow loads a generated image (inline, about 1 ms), denoises it and filters it eight
+times over (the CPU-bound step, about 75 ms at 512 px) and saves a digest of the result
 (inline).  Only the filter step moves.  Systems:
 
 - ``processes``, ``threads``, ``inline``: trioflow, the filter node's executor
@@ -64,7 +64,7 @@ FILTERS = ("blur", "sharpen", "edges", "median")
 WORKERS = 2
 #: Filter passes per item: enough pixel work that shipping a 512 px image each way (pickled,
 #: about 3 ms per direction) is small beside it, as with real filters on photos.
-PASSES = 6
+PASSES = 8
 
 
 # -- the pixel work ------------------------------------------------------------------
@@ -81,7 +81,7 @@ def make_image(seed: int, size: int) -> Any:
 
 
 def apply_filter(image: Any, name: str) -> Any:
-    """The CPU-bound step (about 60 ms at 512 px here): a median denoise, then the filter :data:`PASSES` times."""
+    """The CPU-bound step (about 75 ms at 512 px here): a median denoise, then the filter :data:`PASSES` times."""
     from PIL import ImageFilter
 
     kinds = {
