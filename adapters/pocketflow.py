@@ -51,14 +51,14 @@ import inspect
 import threading
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any
 
 import outcome
 import trio
 
 from trioflow._errors import BatchError
-from trioflow._parallel import _Pool
+from trioflow._parallel import _Pool, check_limits
 
 from . import aio as _aio
 
@@ -76,8 +76,9 @@ __all__ = [
     "Node",
 ]
 
-# The attempt of the exec_async call of this item (None outside one).
+# The attempt of the exec_async call of this parallel item (None outside one).
 _ATTEMPT: contextvars.ContextVar[int | None] = contextvars.ContextVar("pocketflow_attempt", default=None)
+_MISSING = object()
 
 
 # -- the baton: user code runs one strand at a time, in asyncio's order ----------------
@@ -90,11 +91,6 @@ class _Ticket:
         self.event = trio.Event()
         self.granted = False
         self.abandoned = False
-
-    def grant_held(self) -> None:
-        """Wake the waiter, who never gave the baton up."""
-        self.granted = True
-        self.event.set()
 
 
 class _Baton:
@@ -136,19 +132,76 @@ def _baton(host: _aio._Host) -> _Baton:
     return baton
 
 
+class _Run:
+    """One ``run_async`` call: where an asyncio cancel of its caller lands.
+
+    PocketFlow runs a flow as one asyncio task, so ``task.cancel()`` throws
+    ``CancelledError`` into the coroutine it is suspended in, which may catch
+    it and carry on.  Here the cancel goes to what the run's main strand
+    waits for: the asyncio task of its current crossing (cancelled as asyncio
+    would), or a parallel section (its pool is cancelled, and the section
+    raises ``CancelledError``, as a cancelled ``asyncio.gather`` does).  A
+    cancel that finds neither (the strand waits for its turn) is raised at the
+    strand's next step.
+    """
+
+    __slots__ = ("pending", "target")
+
+    def __init__(self) -> None:
+        self.target: asyncio.Task[Any] | trio.CancelScope | None = None
+        self.pending = False
+
+    def deliver_cancel(self) -> None:
+        """Trio-flavored: the caller of ``run_async`` was cancelled."""
+        target = self.target
+        if isinstance(target, trio.CancelScope):
+            target.cancel()
+        elif target is None or not target.cancel():  # no crossing, or one that has already finished
+            self.pending = True
+
+    def raise_pending(self) -> None:
+        """Raise ``CancelledError`` here if a cancel is waiting to land."""
+        if self.pending:
+            self.pending = False
+            raise asyncio.CancelledError
+
+
 class _Strand:
-    """One line of PocketFlow execution (a ``run_async`` call, a parallel item) on Trio."""
+    """One line of PocketFlow execution (a ``run_async`` call, a parallel item) on Trio.
 
-    __slots__ = ("baton", "holding", "host")
+    Its asyncio crossings and plain method calls run in one ``context``, as
+    PocketFlow's code would in one asyncio task; ``run`` is set on a
+    ``run_async`` call's main strand only.
+    """
 
-    def __init__(self, host: _aio._Host | None, baton: _Baton | None) -> None:
+    __slots__ = ("baton", "context", "holding", "host", "run")
+
+    def __init__(
+        self,
+        host: _aio._Host | None,
+        baton: _Baton | None,
+        context: contextvars.Context | None = None,
+        run: _Run | None = None,
+    ) -> None:
         self.host = host
         self.baton = baton
+        self.context = context
+        self.run = run
         self.holding = False
+
+    def sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call a plain user method, in the strand's context."""
+        context = self.context
+        if context is None:
+            return fn(*args)
+        return context.run(fn, *args)
 
     async def acquire(self, ticket: _Ticket) -> None:
         try:
-            await ticket.event.wait()
+            if not ticket.event.is_set():
+                assert self.host is not None
+                self.host.nudge()  # the ticket comes from an asyncio callback, soon
+                await ticket.event.wait()
         except BaseException:
             if ticket.granted:
                 self.holding = True
@@ -163,10 +216,8 @@ class _Strand:
             assert self.baton is not None
             self.baton.release()
 
-    def start(
-        self, fn: Callable[..., Any], *args: Any, context: contextvars.Context | None = None
-    ) -> _Started:
-        """Start ``fn(*args)`` as an asyncio task on the caller's loop; no user code runs yet.
+    def start(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context | None) -> _Started:
+        """Start ``coro`` as an asyncio task on the caller's loop, in ``context``; no user code runs yet.
 
         Its ticket is queued for the baton when the task finishes, in the
         asyncio callback, so strands resume in the order asyncio finished them.
@@ -176,7 +227,7 @@ class _Strand:
         baton = self.baton
         assert baton is not None
         ticket = _Ticket()
-        task = self.host.create_task(fn, *args, context=context)
+        task = self.host.create_task(coro, context)
         task.add_done_callback(lambda _: baton.host_enqueue(ticket))
         return task, ticket
 
@@ -202,28 +253,43 @@ class _Strand:
         coroutine that finishes without suspending (``prep_async`` that only
         reads ``shared``) lets no other strand in.
         """
-        host, baton = self.host, self.baton
+        host, baton, run = self.host, self.baton, self.run
         if host is None or baton is None:  # pragma: no cover - async nodes refuse sync runs before this
             raise RuntimeError("Use run_async.")
+        if run is not None:
+            run.raise_pending()
         ticket = _Ticket()
         suspended = False
 
-        def on_suspend() -> None:  # in the asyncio task: give the baton up
+        def on_suspend() -> None:  # in the asyncio task: give the baton up, queue again when done
             nonlocal suspended
             suspended = True
             host.run_sync_soon(self.release)
+            task.add_done_callback(lambda _: baton.host_enqueue(ticket))
 
-        def done(_: object) -> None:  # asyncio callback: queue again, or keep the baton
-            if suspended:
-                baton.host_enqueue(ticket)
-            else:
-                host.run_sync_soon(ticket.grant_held)
-
-        task = host.create_task(_watch, on_suspend, fn, *args)
-        task.add_done_callback(done)
+        task = host.create_task(_watch(on_suspend, fn, *args), self.context)
+        if run is not None:
+            run.target = task
         try:
-            return await host.wait(task)
-        finally:
+            result = await host.wait(task)
+        except Exception:
+            await self._resume(ticket, suspended)
+            if run is not None:
+                run.raise_pending()  # asyncio throws the cancel in place of the exception
+            raise
+        except BaseException:
+            await self._resume(ticket, suspended)
+            raise
+        await self._resume(ticket, suspended)
+        if run is not None:
+            run.raise_pending()  # asyncio throws the cancel in place of the result
+        return result
+
+    async def _resume(self, ticket: _Ticket, suspended: bool) -> None:
+        """After a crossing: wait for the strand's turn again, unless it never gave it up."""
+        if self.run is not None:
+            self.run.target = None
+        if suspended:
             with trio.CancelScope(shield=True):
                 await self.acquire(ticket)
 
@@ -232,12 +298,16 @@ async def _watch(on_suspend: Callable[[], None], fn: Callable[..., Any], *args: 
     """``await fn(*args)``, calling ``on_suspend()`` the first time it suspends.
 
     The call happens inside the task, so a task cancelled before its first
-    step leaves no coroutine never awaited.
+    step leaves no coroutine never awaited.  A KeyboardInterrupt or
+    SystemExit is carried to the Trio side (see :mod:`adapters.aio`).
     """
-    awaitable = fn(*args)
-    if not inspect.isawaitable(awaitable):
-        raise TypeError(f"object {type(awaitable).__name__} can't be used in 'await' expression")
-    return await _Watch(awaitable, on_suspend)
+    try:
+        awaitable = fn(*args)
+        if not inspect.isawaitable(awaitable):
+            raise TypeError(f"object {type(awaitable).__name__} can't be used in 'await' expression")
+        return await _Watch(awaitable, on_suspend)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _aio._Carried(exc) from None
 
 
 class _Watch:
@@ -284,41 +354,53 @@ class _ItemFailed(Exception):
     """Stands in the pool for an item's exception, which comes out bare."""
 
 
+def _check_max_concurrency(owner: Any) -> Any:
+    """The owner's ``max_concurrency``, checked as trioflow's own parallel nodes check it."""
+    max_concurrency = getattr(owner, "max_concurrency", None)
+    check_limits(max_concurrency, None, None, owner=type(owner).__name__)
+    return max_concurrency
+
+
 async def _parallel(
     strand: _Strand,
     owner: Any,
     items: Iterable[Any],
     fn: Callable[[_Strand, Any, _Started | None], Awaitable[Any]],
-    prestart: Callable[[_Strand, Any], _Started | None] | None = None,
+    prestart: Callable[[_Strand, Any, contextvars.Context | None], _Started | None] | None = None,
 ) -> list[Any]:
     """``asyncio.gather(*(fn(item) for item in items))`` on trioflow's pool, in asyncio's order.
 
     Items are taken in input order when the pool pulls them: ``prestart``
     starts an item's first asyncio task right then (so, without a cap, all of
     them start in one turn of the loop, in order, as gather's tasks do); an
-    item without one queues for the baton instead.
+    item without one queues for the baton instead.  Each item runs in a copy
+    of the strand's context, as each task of ``gather`` does.
     """
+    max_concurrency = _check_max_concurrency(owner)
     iterator = iter(items)
     baton = strand.baton
     assert baton is not None
     first_error: list[BaseException] = []
 
-    def pulled() -> Iterable[tuple[_Ticket | None, _Started | None, Any]]:
+    def pulled() -> Iterable[tuple[_Ticket | None, _Started | None, Any, contextvars.Context | None]]:
         for item in iterator:
             # The parent waits for its items from the first one on (gather() of
             # nothing does not suspend): other strands may run now.
             strand.release()
-            started = prestart(strand, item) if prestart is not None else None
+            context = strand.context.copy() if strand.context is not None else None
+            started = prestart(strand, item, context) if prestart is not None else None
             if started is not None:
-                yield None, started, item
+                yield None, started, item, context
             else:
                 ticket = _Ticket()
                 baton.enqueue(ticket)
-                yield ticket, None, item
+                yield ticket, None, item, context
 
-    async def job(_index: int, entry: tuple[_Ticket | None, _Started | None, Any]) -> Any:
-        ticket, started, item = entry
-        child = _Strand(strand.host, baton)
+    async def job(
+        _index: int, entry: tuple[_Ticket | None, _Started | None, Any, contextvars.Context | None]
+    ) -> Any:
+        ticket, started, item, context = entry
+        child = _Strand(strand.host, baton, context)
         try:
             if ticket is not None:
                 await child.acquire(ticket)
@@ -337,22 +419,30 @@ async def _parallel(
     pool: _Pool[Any, Any] = _Pool(
         job,
         pulled(),
-        max_concurrency=getattr(owner, "max_concurrency", None),
+        max_concurrency=max_concurrency,
         limiter=None,
         max_per_second=None,
         name=type(owner).__name__,
     )
     error: BaseException | None = None
-    try:
-        results = await pool.run_to_list()
-    except BatchError as err:
-        error = first_error[0] if first_error else err.exceptions[0]  # else: the input itself raised
-    finally:
-        if not strand.holding:
-            resume = _Ticket()
-            baton.enqueue(resume)
-            with trio.CancelScope(shield=True):
-                await strand.acquire(resume)
+    run = strand.run
+    with trio.CancelScope() as scope:
+        if run is not None:
+            run.target = scope  # a cancel of the caller cancels the whole section
+        try:
+            results = await pool.run_to_list()
+        except BatchError as err:
+            error = first_error[0] if first_error else err.exceptions[0]  # else: the input itself raised
+        finally:
+            if run is not None:
+                run.target = None
+            if not strand.holding:
+                resume = _Ticket()
+                baton.enqueue(resume)
+                with trio.CancelScope(shield=True):
+                    await strand.acquire(resume)
+    if scope.cancel_called:  # as a cancelled gather() raises, whatever its tasks did
+        raise asyncio.CancelledError
     if error is not None:
         raise error
     return results
@@ -362,46 +452,81 @@ async def _parallel(
 
 
 def _run_sync(node: BaseNode, shared: Any) -> Any:
-    """PocketFlow's sync ``_run`` on the Trio engine."""
+    """PocketFlow's sync ``_run`` on the Trio engine (in a copy of the caller's context, copied back)."""
+
+    final: list[contextvars.Context] = []
 
     async def main() -> Any:
-        return await node._trio_run(_Strand(None, None), shared)
+        try:
+            return await node._trio_run(_Strand(None, None), shared)
+        finally:
+            final.append(contextvars.copy_context())
 
-    if not trio.lowlevel.in_trio_run():
-        return trio.run(main)
-    # Already inside a Trio run in this thread (a node calling flow.run(), or
-    # a guest run on this loop): block it, as PocketFlow's sync run would.
-    box: list[outcome.Outcome[Any]] = []
-    thread = threading.Thread(target=lambda: box.append(outcome.capture(trio.run, main)), daemon=True)
-    thread.start()
-    thread.join()
-    return box[0].unwrap()
+    try:
+        if not trio.lowlevel.in_trio_run():
+            return trio.run(main)
+        # Already inside a Trio run in this thread (a node calling flow.run(), or
+        # a guest run on this loop): block it, as PocketFlow's sync run would,
+        # in a thread that sees this thread's context variables.
+        box: list[outcome.Outcome[Any]] = []
+
+        def in_thread() -> None:
+            box.append(outcome.capture(trio.run, main))
+
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(in_thread,), daemon=True)
+        thread.start()
+        thread.join()
+        return box[0].unwrap()
+    finally:
+        if final:  # PocketFlow runs the flow in the caller's context: its changes stay
+            _copy_back(final[0])
 
 
 async def _run_async(node: AsyncNode, shared: Any) -> Any:
-    """PocketFlow's ``_run_async`` on the Trio engine, awaited from asyncio code."""
+    """PocketFlow's ``_run_async`` on the Trio engine, awaited from asyncio code.
+
+    PocketFlow awaits the whole flow in the caller's task, in the caller's
+    context; here its coroutines and plain methods share one copy of that
+    context, whose changes are copied back when the run ends.  A cancel of
+    the caller lands as it would in PocketFlow (see :class:`_Run`).
+    """
     host = _aio.host_for(asyncio.get_running_loop())
+    context = contextvars.copy_context()
+    if context.get(_ATTEMPT) is not None:  # a run inside a parallel item's exec_async starts afresh
+        context.run(_ATTEMPT.set, None)
+    run = _Run()
     ticket = _Ticket()
 
     def on_start() -> None:  # in the Trio run, in submission order: queue for the baton now
         _baton(host).enqueue(ticket)
 
     async def main() -> Any:
-        strand = _Strand(host, _baton(host))
+        strand = _Strand(host, _baton(host), context, run)
         try:
             await strand.acquire(ticket)
+            run.raise_pending()
             return await node._trio_run_async(strand, shared)
         finally:
             strand.release()
 
-    return await _aio.run_trio(main, on_start=on_start)
+    try:
+        return await _aio.run_trio(main, on_start=on_start, on_cancel=run.deliver_cancel)
+    finally:
+        _copy_back(context)
+
+
+def _copy_back(context: contextvars.Context) -> None:
+    """Set in the current context every variable the run changed in ``context``."""
+    for var, value in context.items():
+        if var is not _ATTEMPT and var.get(_MISSING) is not value:
+            var.set(value)
 
 
 async def _step(strand: _Strand, node: Any, shared: Any) -> Any:
     """``node._run(shared)`` as PocketFlow's flows call it."""
     if isinstance(node, BaseNode):
         return await node._trio_run(strand, shared)
-    return node._run(shared)
+    return strand.sync(node._run, shared)
 
 
 # -- the eleven classes ---------------------------------------------------------------
@@ -434,12 +559,12 @@ class BaseNode:
         pass
 
     async def _trio_exec(self, strand: _Strand, prep_res: Any) -> Any:
-        return self.exec(prep_res)
+        return strand.sync(self.exec, prep_res)
 
     async def _trio_run(self, strand: _Strand, shared: Any) -> Any:
-        p = self.prep(shared)
+        p = strand.sync(self.prep, shared)
         e = await self._trio_exec(strand, p)
-        return self.post(shared, p, e)
+        return strand.sync(self.post, shared, p, e)
 
     def _run(self, shared: Any) -> Any:
         return _run_sync(self, shared)
@@ -473,7 +598,12 @@ class Node(BaseNode):
 
     @property
     def cur_retry(self) -> int:
-        """The 0-based attempt of the running ``exec`` (per item in parallel batches)."""
+        """The 0-based attempt of the running ``exec`` / ``exec_async`` (per item in parallel batches).
+
+        After a run it reads the last attempt made, on sync and async nodes
+        alike, as PocketFlow sets it (async nodes too since its 0.0.3 release);
+        before any run there is none (AttributeError).
+        """
         attempt = _ATTEMPT.get()
         if attempt is not None:
             return attempt
@@ -493,10 +623,10 @@ class Node(BaseNode):
         for i in range(self.max_retries):
             self.cur_retry = i
             try:
-                return self.exec(prep_res)
+                return strand.sync(self.exec, prep_res)
             except Exception as e:
                 if i == self.max_retries - 1:
-                    return self.exec_fallback(prep_res, e)
+                    return strand.sync(self.exec_fallback, prep_res, e)
                 if self.wait > 0:
                     await trio.sleep(self.wait)
         return None
@@ -531,9 +661,9 @@ class Flow(BaseNode):
         return last_action
 
     async def _trio_run(self, strand: _Strand, shared: Any) -> Any:
-        p = self.prep(shared)
+        p = strand.sync(self.prep, shared)
         o = await self._trio_orch(strand, shared)
-        return self.post(shared, p, o)
+        return strand.sync(self.post, shared, p, o)
 
     def _run(self, shared: Any) -> Any:
         return _run_sync(self, shared)
@@ -544,10 +674,10 @@ class Flow(BaseNode):
 
 class BatchFlow(Flow):
     async def _trio_run(self, strand: _Strand, shared: Any) -> Any:
-        pr = self.prep(shared) or []
+        pr = strand.sync(self.prep, shared) or []
         for bp in pr:
             await self._trio_orch(strand, shared, {**self.params, **bp})
-        return self.post(shared, pr, None)
+        return strand.sync(self.post, shared, pr, None)
 
     def _run(self, shared: Any) -> Any:
         return _run_sync(self, shared)
@@ -572,7 +702,7 @@ class AsyncNode(Node):
     async def _trio_exec_one(self, strand: _Strand, prep_res: Any) -> Any:
         """PocketFlow's ``AsyncNode._exec``: attempts, then the fallback."""
         for i in range(self.max_retries):
-            token = _ATTEMPT.set(i)
+            self.cur_retry = i
             try:
                 return await strand.aio(self.exec_async, prep_res)
             except Exception as e:
@@ -580,8 +710,6 @@ class AsyncNode(Node):
                     return await strand.aio(self.exec_fallback_async, prep_res, e)
                 if self.wait > 0:
                     await strand.aio(asyncio.sleep, self.wait)
-            finally:
-                _ATTEMPT.reset(token)
         return None
 
     async def run_async(self, shared: Any) -> Any:
@@ -615,6 +743,7 @@ class AsyncParallelBatchNode(AsyncNode, BatchNode):
     def __init__(self, max_retries: int = 1, wait: float = 0, *, max_concurrency: int | None = None) -> None:
         super().__init__(max_retries, wait)
         self.max_concurrency = max_concurrency
+        _check_max_concurrency(self)
 
     async def _trio_exec(self, strand: _Strand, items: Any) -> Any:
         async def finish(s: _Strand, _item: Any, started: _Started | None) -> Any:
@@ -623,30 +752,36 @@ class AsyncParallelBatchNode(AsyncNode, BatchNode):
 
         return await _parallel(strand, self, items, finish, prestart=self._start_item)
 
-    def _start_item(self, strand: _Strand, item: Any) -> _Started:
+    def _start_item(self, strand: _Strand, item: Any, context: contextvars.Context | None) -> _Started:
         """Start the item's attempts as one asyncio task, as ``gather`` starts ``_exec(item)``.
 
         Within the task the attempts run back to back, so an attempt that fails
         without suspending is retried before the next item starts, as in PocketFlow.
         """
-        return strand.start(_item_attempts, self, item)
+        return strand.start(_item_attempts(self, item), context)
 
 
 async def _item_attempts(node: AsyncNode, prep_res: Any) -> Any:
     """PocketFlow's ``AsyncNode._exec`` for one parallel item, as asyncio code in its own task.
 
-    The attempt number goes to the task's own context, so ``cur_retry`` is per item.
+    The attempt number goes to the task's own context, so ``cur_retry`` is per
+    item inside ``exec_async``; the node's attribute keeps the last one set, as
+    PocketFlow's does.
     """
-    for i in range(node.max_retries):
-        _ATTEMPT.set(i)
-        try:
-            return await node.exec_async(prep_res)
-        except Exception as e:
-            if i == node.max_retries - 1:
-                return await node.exec_fallback_async(prep_res, e)
-            if node.wait > 0:
-                await asyncio.sleep(node.wait)
-    return None
+    try:
+        for i in range(node.max_retries):
+            _ATTEMPT.set(i)
+            node.cur_retry = i
+            try:
+                return await node.exec_async(prep_res)
+            except Exception as e:
+                if i == node.max_retries - 1:
+                    return await node.exec_fallback_async(prep_res, e)
+                if node.wait > 0:
+                    await asyncio.sleep(node.wait)
+        return None
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _aio._Carried(exc) from None
 
 
 class AsyncFlow(Flow, AsyncNode):
@@ -684,6 +819,7 @@ class AsyncParallelBatchFlow(AsyncFlow, BatchFlow):
     def __init__(self, start: Any = None, *, max_concurrency: int | None = None) -> None:
         super().__init__(start)
         self.max_concurrency = max_concurrency
+        _check_max_concurrency(self)
 
     async def _trio_run_async(self, strand: _Strand, shared: Any) -> Any:
         pr = await strand.aio(self.prep_async, shared) or []
