@@ -72,6 +72,9 @@ import trio
 
 import trioflow
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
 __all__ = [
     "AsyncioBatchNode",
     "AsyncioIterator",
@@ -221,9 +224,6 @@ class _Job:
             self.scope.cancel()
 
 
-_CANCELLED: outcome.Outcome[Any] = outcome.Error(asyncio.CancelledError())
-
-
 class _Host:
     """The Trio run that serves the Trio calls made from one asyncio loop.
 
@@ -259,7 +259,7 @@ class _Host:
 
     async def _run_job(self, job: _Job) -> None:
         # Runs in a copy of the caller's context (see ``_drain``).
-        result = _CANCELLED  # cancelled from outside: the run is shutting down
+        result: outcome.Outcome[Any] | None = None
         try:
             with trio.CancelScope() as scope:
                 job.scope = scope
@@ -276,7 +276,8 @@ class _Host:
                     result = outcome.Value(value)
         finally:
             self._job_done()
-            job.finish(result)
+            # No outcome: cancelled by its own scope, or from outside (the run is shutting down).
+            job.finish(result if result is not None else outcome.Error(asyncio.CancelledError()))
 
     def _job_done(self) -> None:
         pass
@@ -346,7 +347,7 @@ class _GuestHost(_Host):
 
         try:
             loop.close = close  # type: ignore[method-assign]
-        except AttributeError:  # pragma: no cover - a loop class without an instance dict
+        except AttributeError:  # a loop class that does not allow it
             return False
         return True
 
@@ -414,8 +415,11 @@ class _GuestHost(_Host):
             for job in self.pending:
                 job.finish(result)
             self.pending.clear()
-            if not isinstance(result.error, Exception):
-                raise result.error  # out of the loop, as from any asyncio callback
+            error = result.error
+            while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+                error = error.exceptions[0]  # the run's nursery wrapped it
+            if not isinstance(error, Exception):
+                raise error  # out of the loop, as from any asyncio callback
             self.loop.call_exception_handler({"message": "trioflow's Trio guest run failed", "exception": result.error})
             return
         if self.pending:
@@ -450,6 +454,9 @@ class _GuestHost(_Host):
             seen = self.progress
             for _ in range(_SPIN):
                 await trio.lowlevel.cancel_shielded_checkpoint()
+                if self.pending:  # a call came in: start it now, a turn before its run_sync_soon would
+                    self._drain()
+                    break
                 if self.progress != seen:
                     break
 

@@ -258,14 +258,16 @@ class _Strand:
             raise RuntimeError("Use run_async.")
         if run is not None:
             run.raise_pending()
-        ticket = _Ticket()
-        suspended = False
+        inline = _INLINE.get(getattr(fn, "__func__", None))
+        if inline is not None:  # one of this module's defaults: it would return at once, touching nothing
+            return inline(*args)
+        ticket: _Ticket | None = None  # made when the coroutine suspends: most never do
 
         def on_suspend() -> None:  # in the asyncio task: give the baton up, queue again when done
-            nonlocal suspended
-            suspended = True
+            nonlocal ticket
+            ticket = resume = _Ticket()
             host.run_sync_soon(self.release)
-            task.add_done_callback(lambda _: baton.host_enqueue(ticket))
+            task.add_done_callback(lambda _: baton.host_enqueue(resume))
 
         task = host.create_task(_watch(on_suspend, fn, *args), self.context)
         if run is not None:
@@ -273,23 +275,23 @@ class _Strand:
         try:
             result = await host.wait(task)
         except Exception:
-            await self._resume(ticket, suspended)
+            await self._resume(ticket)
             if run is not None:
                 run.raise_pending()  # asyncio throws the cancel in place of the exception
             raise
         except BaseException:
-            await self._resume(ticket, suspended)
+            await self._resume(ticket)
             raise
-        await self._resume(ticket, suspended)
+        await self._resume(ticket)
         if run is not None:
             run.raise_pending()  # asyncio throws the cancel in place of the result
         return result
 
-    async def _resume(self, ticket: _Ticket, suspended: bool) -> None:
-        """After a crossing: wait for the strand's turn again, unless it never gave it up."""
+    async def _resume(self, ticket: _Ticket | None) -> None:
+        """After a crossing: wait for the strand's turn again, unless it never gave it up (no ticket)."""
         if self.run is not None:
             self.run.target = None
-        if suspended:
+        if ticket is not None:
             with trio.CancelScope(shield=True):
                 await self.acquire(ticket)
 
@@ -829,3 +831,27 @@ class AsyncParallelBatchFlow(AsyncFlow, BatchFlow):
 
         await _parallel(strand, self, pr, one)
         return await strand.aio(self.post_async, shared, pr, None)
+
+
+def _nothing(*_: Any) -> None:
+    return None
+
+
+def _reraise(prep_res: Any, exc: Exception) -> Any:
+    raise exc
+
+
+def _exec_res(shared: Any, prep_res: Any, exec_res: Any) -> Any:
+    return exec_res
+
+
+# The default coroutines of the classes above, as what they return: awaiting
+# one never suspends and has no effect, so it needs no asyncio task (most
+# flows keep the default prep_async and post_async).
+_INLINE: dict[Any, Callable[..., Any]] = {
+    AsyncNode.prep_async: _nothing,
+    AsyncNode.exec_async: _nothing,
+    AsyncNode.post_async: _nothing,
+    AsyncNode.exec_fallback_async: _reraise,
+    AsyncFlow.post_async: _exec_res,
+}

@@ -829,6 +829,28 @@ class TestGuestRun:
         trio.run(trio.sleep, 0)  # this thread can start a Trio run again
 
 
+    def test_a_loop_that_cannot_be_wrapped_gets_a_guest_run_per_call(self) -> None:
+        """Where loop.close cannot be wrapped, the guest run ends whenever no call is left."""
+        flow = trioflow.Flow(start=TrioToken())
+        shared: dict[str, Any] = {}
+        loop = SealedLoop()
+        try:
+            for _ in range(2):
+                loop.run_until_complete(run_flow(flow, shared))
+                assert not trio.lowlevel.in_trio_run()
+        finally:
+            loop.close()
+        assert shared["tokens"][0] is not shared["tokens"][1]
+
+
+class SealedLoop(asyncio.SelectorEventLoop):
+    """A loop whose ``close`` cannot be replaced on the instance."""
+
+    @property
+    def close(self) -> Any:
+        return super().close
+
+
 # -- streams -----------------------------------------------------------------------
 
 
@@ -1062,3 +1084,14 @@ def test_adapters_type_check_under_a_users_mypy_strict(tmp_path: Path, how: str)
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (ROOT / "adapters" / "py.typed").exists()
+
+
+def test_run_pocketflow_costs_reports_each_figure_for_both_systems() -> None:
+    """benchmarks.bridge.run_pocketflow_costs measures each figure on pocketflow and the adapter (no timing checked)."""
+    from benchmarks.bridge import run_pocketflow_costs
+
+    result = run_pocketflow_costs(20, rounds=1)
+    figures = {key.split(": ")[0] for key in result}
+    assert len(figures) == 4
+    assert set(result) == {f"{f}: {s}" for f in figures for s in ("pocketflow", "adapters.pocketflow")}
+    assert all(0 < seconds < 1 for seconds in result.values())
