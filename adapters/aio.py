@@ -336,7 +336,10 @@ class _GuestHost(_Host):
         host = self
 
         def close() -> None:
-            if host.state != "idle" and not loop.is_running() and not loop.is_closed():
+            if loop.is_running() or loop.is_closed():
+                original()  # raises, or does nothing
+                return
+            while host.state != "idle":  # (a call made while it ends starts it again)
                 loop.run_until_complete(host.host_shutdown())
             _HOSTS.pop(loop, None)
             try:

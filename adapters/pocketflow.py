@@ -29,15 +29,32 @@ when the pool pulls them; a parallel node's items start, each as one asyncio
 task running its attempts, when the pool pulls them, as ``asyncio.gather``
 starts ``_exec(item)`` for each item.  The differential tests check this
 order against PocketFlow's; what remains different is time, not order: each
-crossing between Trio and asyncio costs a few turns of the loop, so calls
+crossing between Trio and asyncio costs a turn of the loop or two, so calls
 that PocketFlow makes in the same turn may here be a few turns apart.
 
+Context: PocketFlow awaits a whole flow in its caller's task, so the flow
+sees the caller's context variables, a variable set in ``prep_async`` is
+seen in ``exec_async``, ``post_async`` and the nodes after, and the caller
+sees it after the run; items of a parallel batch and sub-flows of a parallel
+batch flow each start from a copy (``gather`` makes one task each).  Here the
+same holds: a ``run_async`` call runs its coroutines and plain methods in one
+copy of the caller's context and copies the changes back at the end (a sync
+``run()`` too).
+
+Cancellation: a cancel of the task awaiting ``run_async`` lands where it
+would in PocketFlow: in the coroutine the flow waits for, which may catch
+``CancelledError`` and return (the flow then goes on, ``post`` runs), or in
+a parallel section, which raises ``CancelledError`` once its items are
+cancelled, as a cancelled ``gather`` does.
+
 Beyond PocketFlow: ``AsyncParallelBatchNode`` and ``AsyncParallelBatchFlow``
-accept ``max_concurrency=`` (the pool's cap); ``self.cur_retry`` inside an
-async ``exec_async`` is the attempt of *that* item (PocketFlow's async nodes
-have none); when a parallel item fails, its siblings are cancelled instead of
-being left running in the background, and their ``finally`` blocks run before
-the error comes out; a sync node's ``wait`` between retries sleeps without
+accept ``max_concurrency=`` (the pool's cap, checked as trioflow's own
+parallel nodes check it); ``self.cur_retry`` inside an ``exec_async`` is the
+attempt of *that* item, even in a parallel batch (after a run it reads the
+last attempt made, on async nodes too, as PocketFlow's repository head sets
+it); when a parallel item fails, its siblings are cancelled instead of being
+left running in the background, and their ``finally`` blocks run before the
+error comes out; a sync node's ``wait`` between retries sleeps without
 blocking the asyncio loop.  PocketFlow's private helpers (``_exec``,
 ``_orch``, ...) are not hooks here: override the public methods.
 """
@@ -603,8 +620,8 @@ class Node(BaseNode):
         """The 0-based attempt of the running ``exec`` / ``exec_async`` (per item in parallel batches).
 
         After a run it reads the last attempt made, on sync and async nodes
-        alike, as PocketFlow sets it (async nodes too since its 0.0.3 release);
-        before any run there is none (AttributeError).
+        alike, as PocketFlow's repository head sets it (0.0.3 sets it on sync
+        nodes only); before any run there is none (AttributeError).
         """
         attempt = _ATTEMPT.get()
         if attempt is not None:
