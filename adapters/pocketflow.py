@@ -389,20 +389,25 @@ async def _parallel(
 ) -> list[Any]:
     """``asyncio.gather(*(fn(item) for item in items))`` on trioflow's pool, in asyncio's order.
 
-    Items are taken in input order when the pool pulls them: ``prestart``
-    starts an item's first asyncio task right then (so, without a cap, all of
-    them start in one turn of the loop, in order, as gather's tasks do); an
-    item without one queues for the baton instead.  Each item runs in a copy
-    of the strand's context, as each task of ``gather`` does.
+    The items are listed first, as ``gather(*...)`` does.  They are taken in
+    input order when the pool pulls them: ``prestart`` starts an item's first
+    asyncio task right then (so, without a cap, all of them start in one turn
+    of the loop, in order, as gather's tasks do); an item without one queues
+    for the baton instead.  Each item runs in a copy of the strand's context,
+    as each task of ``gather`` does.  The parent queues to resume when its
+    last item finishes, before that item lets the baton go, as ``gather``
+    wakes its task when its last task is done.
     """
     max_concurrency = _check_max_concurrency(owner)
-    iterator = iter(items)
+    listed = list(items)
+    remaining = len(listed)
+    resume: _Ticket | None = None
     baton = strand.baton
     assert baton is not None
     first_error: list[BaseException] = []
 
     def pulled() -> Iterable[tuple[_Ticket | None, _Started | None, Any, contextvars.Context | None]]:
-        for item in iterator:
+        for item in listed:
             # The parent waits for its items from the first one on (gather() of
             # nothing does not suspend): other strands may run now.
             strand.release()
@@ -433,6 +438,11 @@ async def _parallel(
         finally:
             if started is not None and not started[1].granted:
                 started[1].abandoned = True
+            nonlocal remaining, resume
+            remaining -= 1
+            if remaining == 0 and child.holding and not first_error:
+                resume = _Ticket()
+                baton.enqueue(resume)  # queued behind whoever waits already, ahead of what comes next
             child.release()
 
     pool: _Pool[Any, Any] = _Pool(
@@ -456,8 +466,9 @@ async def _parallel(
             if run is not None:
                 run.target = None
             if not strand.holding:
-                resume = _Ticket()
-                baton.enqueue(resume)
+                if resume is None:  # no item, or they ended early
+                    resume = _Ticket()
+                    baton.enqueue(resume)
                 with trio.CancelScope(shield=True):
                     await strand.acquire(resume)
     if scope.cancel_called:  # as a cancelled gather() raises, whatever its tasks did

@@ -28,7 +28,7 @@ from typing import Any
 
 import pocketflow as real
 import pytest
-from hypothesis import event, given, note
+from hypothesis import event, example, given, note
 from hypothesis import strategies as st
 from trio_asyncio._sync import SyncTrioEventLoop
 
@@ -314,7 +314,26 @@ def _run_program(mod: Any, spec: FlowSpec, loop_factory: Any) -> dict[str, Any]:
 LOOPS = {"asyncio": asyncio.SelectorEventLoop, "trio-asyncio": SyncTrioEventLoop}
 
 
+# Nested parallel batch flows that loop: each parent must resume right after its last
+# sub-flow, as gather wakes it, or the two parents' steps change places.
+_NESTED_LOOPING_PARALLEL_FLOWS = FlowSpec(
+    kind="AsyncParallelBatchFlow",
+    nodes=(
+        FlowSpec(
+            kind="AsyncParallelBatchFlow",
+            nodes=(NodeSpec("Node", 0, fails=(0,), fallback="reraise", actions=(None,), items=0, delays=(0,)),),
+            edges=(),
+            param_sets=1,
+        ),
+    ),
+    edges=((0, "default", 0),),
+    param_sets=2,
+)
+
+
 @given(spec=programs, loop=st.sampled_from(sorted(LOOPS)))
+@example(spec=_NESTED_LOOPING_PARALLEL_FLOWS, loop="asyncio")
+@example(spec=_NESTED_LOOPING_PARALLEL_FLOWS, loop="trio-asyncio")
 def test_random_programs_behave_as_on_pocketflow(spec: FlowSpec, loop: str) -> None:
     """Shared store, action, warnings and exception of a random program equal real PocketFlow's."""
     note(repr(spec))
