@@ -26,7 +26,10 @@ them.  Trio allows one run per thread, so every call made from one loop shares
 one guest run (:class:`_GuestHost`).  It starts with the first call and lasts
 as long as the loop: ``loop.close()`` (which ``asyncio.run`` calls) ends it
 first, so a call costs no Trio start-up, and a loop that is never closed keeps
-its idle guest run (a parked thread) until the process exits.  One case is
+its idle guest run (a parked thread) until the process exits.  While it lasts,
+the loop's thread is inside a Trio run, so ``trio.run`` (``trioflow.run``)
+cannot be called from that thread: await :func:`run_flow` instead, or call it
+from another thread (``adapters.pocketflow``'s sync ``run()`` does).  One case is
 different: once ``trio_asyncio`` is imported, ``asyncio.run`` itself builds
 trio-asyncio loops, which already run on Trio; there the call runs as a task
 of that Trio run (:class:`_TrioAsyncioHost`).  This module imports
@@ -49,10 +52,14 @@ raised.
 ``KeyboardInterrupt`` and ``SystemExit`` raised by asyncio code come out of
 the crossing bare, in the Trio code that awaited it (asyncio would otherwise
 re-raise them out of the event loop, which leaves trio-asyncio's loop dead
-and its callers waiting forever).  This holds for every crossing made here.
-It does not hold for ``trio_asyncio.aio_as_trio`` called directly (it hangs
-on trio-asyncio 0.16), nor for a Ctrl-C that lands inside the asyncio loop's
-own machinery rather than in a coroutine: both are trio-asyncio's to fix.
+and its callers waiting forever).  This holds for every crossing made here:
+the coroutine of each crossing is guarded.  It cannot hold for what this
+module does not run: ``trio_asyncio.aio_as_trio`` called directly (it hangs on
+trio-asyncio 0.16), a task or callback that the asyncio code starts itself
+(``asyncio.create_task``, ``loop.call_soon``), and a Ctrl-C that lands inside
+the asyncio loop's own machinery rather than in a coroutine: there asyncio
+re-raises the exception out of trio-asyncio's loop, which is trio-asyncio's
+to fix.
 """
 
 from __future__ import annotations
@@ -622,7 +629,10 @@ async def run_flow(flow: trioflow.Node, shared: Any) -> str | None:
     The flow runs on Trio as a guest of the calling loop, in a copy of the
     caller's context (its context variables, an ``instrumented`` block around
     the call); its :class:`AsyncioNode` s run their coroutines on that same
-    loop.  Cancelling the caller cancels the flow.
+    loop.  Cancelling the caller cancels the flow.  The guest run is shared
+    by every call from the loop and lasts until ``loop.close()`` (see the
+    module docstring): meanwhile, call ``trioflow.run`` from another thread
+    if at all.
 
     Example (a FastAPI-style handler)::
 
