@@ -102,12 +102,20 @@ _MISSING = object()
 
 
 class _Ticket:
-    __slots__ = ("abandoned", "event", "granted")
+    """A place in the baton's queue: a strand's turn or, with ``then``, a hop.
 
-    def __init__(self) -> None:
+    A hop is an asyncio callback that runs no user code but schedules
+    another (``gather``'s callback when its last task is done, which then
+    wakes the task that awaits it): at its turn it queues ``then`` at the end.
+    """
+
+    __slots__ = ("abandoned", "event", "granted", "then")
+
+    def __init__(self, then: _Ticket | None = None) -> None:
         self.event = trio.Event()
         self.granted = False
         self.abandoned = False
+        self.then = then
 
 
 class _Baton:
@@ -132,6 +140,9 @@ class _Baton:
         while not self.busy and self.queue:
             ticket = self.queue.popleft()
             if ticket.abandoned:
+                continue
+            if ticket.then is not None:
+                self.queue.append(ticket.then)
                 continue
             self.busy = True
             ticket.granted = True
@@ -394,9 +405,15 @@ async def _parallel(
     asyncio task right then (so, without a cap, all of them start in one turn
     of the loop, in order, as gather's tasks do); an item without one queues
     for the baton instead.  Each item runs in a copy of the strand's context,
-    as each task of ``gather`` does.  The parent queues to resume when its
-    last item finishes, before that item lets the baton go, as ``gather``
-    wakes its task when its last task is done.
+    as each task of ``gather`` does.  The parent lets the baton go once it
+    has started all its items (gather makes all its tasks before it waits;
+    with a cap, at the first, as the pool starts the rest when items finish).
+    When the last item finishes, before it lets the baton go, the parent
+    queues to resume as ``gather`` wakes its task: an item of a parallel node
+    has come back through its task's done callback, which stands for
+    ``gather``'s own callback, so the parent queues at once; a sub-flow has
+    just finished its task, so ``gather``'s callback queues first (a hop),
+    and the parent's turn after it.
     """
     max_concurrency = _check_max_concurrency(owner)
     listed = list(items)
@@ -406,19 +423,19 @@ async def _parallel(
     assert baton is not None
     first_error: list[BaseException] = []
 
+    last = len(listed) - 1
+
     def pulled() -> Iterable[tuple[_Ticket | None, _Started | None, Any, contextvars.Context | None]]:
-        for item in listed:
-            # The parent waits for its items from the first one on (gather() of
-            # nothing does not suspend): other strands may run now.
-            strand.release()
+        for index, item in enumerate(listed):
             context = strand.context.copy() if strand.context is not None else None
             started = prestart(strand, item, context) if prestart is not None else None
-            if started is not None:
-                yield None, started, item, context
-            else:
+            ticket = None
+            if started is None:
                 ticket = _Ticket()
                 baton.enqueue(ticket)
-                yield ticket, None, item, context
+            if index == last or max_concurrency is not None:
+                strand.release()  # the parent waits for its items now (gather() of nothing does not)
+            yield ticket, started, item, context
 
     async def job(
         _index: int, entry: tuple[_Ticket | None, _Started | None, Any, contextvars.Context | None]
@@ -442,7 +459,7 @@ async def _parallel(
             remaining -= 1
             if remaining == 0 and child.holding and not first_error:
                 resume = _Ticket()
-                baton.enqueue(resume)  # queued behind whoever waits already, ahead of what comes next
+                baton.enqueue(resume if started is not None else _Ticket(then=resume))
             child.release()
 
     pool: _Pool[Any, Any] = _Pool(
