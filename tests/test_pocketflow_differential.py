@@ -347,7 +347,27 @@ def test_random_programs_behave_as_on_pocketflow(spec: FlowSpec, loop: str) -> N
     event("raised" if "error" in theirs else "returned")
     if "shared" not in theirs:
         ours.pop("shared", None)
+    if _parallel_flow_under_parallel_flow(spec) and "shared" in theirs:
+        # Sub-flows of *different* parallel flows that run at once interleave as asyncio's
+        # scheduler happens to order their tasks: PocketFlow promises no order between them,
+        # and the adapter, whose crossings take loop turns of their own, matches it in about
+        # 999 programs of 1,000 (measured over 48,000).  Their log entries are compared as a
+        # multiset there; everything else (the other keys of shared, each entry, the action,
+        # the warnings, the exception) stays exact.
+        event("log compared as a multiset")
+        for outcome in (ours, theirs):
+            outcome["shared"] = {**outcome["shared"], "log": sorted(outcome["shared"]["log"], key=repr)}
     assert ours == theirs
+
+
+def _parallel_flow_under_parallel_flow(spec: NodeSpec | FlowSpec, under_parallel: bool = False) -> bool:
+    """Whether an AsyncParallelBatchFlow runs inside the sub-flow of another one."""
+    if isinstance(spec, NodeSpec):
+        return False
+    parallel = spec.kind == "AsyncParallelBatchFlow"
+    if parallel and under_parallel:
+        return True
+    return any(_parallel_flow_under_parallel_flow(member, under_parallel or parallel) for member in spec.nodes)
 
 
 # -- a cancel of the caller ------------------------------------------------------------
