@@ -29,15 +29,32 @@ when the pool pulls them; a parallel node's items start, each as one asyncio
 task running its attempts, when the pool pulls them, as ``asyncio.gather``
 starts ``_exec(item)`` for each item.  The differential tests check this
 order against PocketFlow's; what remains different is time, not order: each
-crossing between Trio and asyncio costs a few turns of the loop, so calls
+crossing between Trio and asyncio costs a turn of the loop or two, so calls
 that PocketFlow makes in the same turn may here be a few turns apart.
 
+Context: PocketFlow awaits a whole flow in its caller's task, so the flow
+sees the caller's context variables, a variable set in ``prep_async`` is
+seen in ``exec_async``, ``post_async`` and the nodes after, and the caller
+sees it after the run; items of a parallel batch and sub-flows of a parallel
+batch flow each start from a copy (``gather`` makes one task each).  Here the
+same holds: a ``run_async`` call runs its coroutines and plain methods in one
+copy of the caller's context and copies the changes back at the end (a sync
+``run()`` too).
+
+Cancellation: a cancel of the task awaiting ``run_async`` lands where it
+would in PocketFlow: in the coroutine the flow waits for, which may catch
+``CancelledError`` and return (the flow then goes on, ``post`` runs), or in
+a parallel section, which raises ``CancelledError`` once its items are
+cancelled, as a cancelled ``gather`` does.
+
 Beyond PocketFlow: ``AsyncParallelBatchNode`` and ``AsyncParallelBatchFlow``
-accept ``max_concurrency=`` (the pool's cap); ``self.cur_retry`` inside an
-async ``exec_async`` is the attempt of *that* item (PocketFlow's async nodes
-have none); when a parallel item fails, its siblings are cancelled instead of
-being left running in the background, and their ``finally`` blocks run before
-the error comes out; a sync node's ``wait`` between retries sleeps without
+accept ``max_concurrency=`` (the pool's cap, checked as trioflow's own
+parallel nodes check it); ``self.cur_retry`` inside an ``exec_async`` is the
+attempt of *that* item, even in a parallel batch (after a run it reads the
+last attempt made, on async nodes too, as PocketFlow's repository head sets
+it); when a parallel item fails, its siblings are cancelled instead of being
+left running in the background, and their ``finally`` blocks run before the
+error comes out; a sync node's ``wait`` between retries sleeps without
 blocking the asyncio loop.  PocketFlow's private helpers (``_exec``,
 ``_orch``, ...) are not hooks here: override the public methods.
 """
@@ -51,14 +68,14 @@ import inspect
 import threading
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any
 
 import outcome
 import trio
 
 from trioflow._errors import BatchError
-from trioflow._parallel import _Pool
+from trioflow._parallel import _Pool, check_limits
 
 from . import aio as _aio
 
@@ -76,25 +93,29 @@ __all__ = [
     "Node",
 ]
 
-# The attempt of the exec_async call of this item (None outside one).
+# The attempt of the exec_async call of this parallel item (None outside one).
 _ATTEMPT: contextvars.ContextVar[int | None] = contextvars.ContextVar("pocketflow_attempt", default=None)
+_MISSING = object()
 
 
 # -- the baton: user code runs one strand at a time, in asyncio's order ----------------
 
 
 class _Ticket:
-    __slots__ = ("abandoned", "event", "granted")
+    """A place in the baton's queue: a strand's turn or, with ``then``, a hop.
 
-    def __init__(self) -> None:
+    A hop is an asyncio callback that runs no user code but schedules
+    another (``gather``'s callback when its last task is done, which then
+    wakes the task that awaits it): at its turn it queues ``then`` at the end.
+    """
+
+    __slots__ = ("abandoned", "event", "granted", "then")
+
+    def __init__(self, then: _Ticket | None = None) -> None:
         self.event = trio.Event()
         self.granted = False
         self.abandoned = False
-
-    def grant_held(self) -> None:
-        """Wake the waiter, who never gave the baton up."""
-        self.granted = True
-        self.event.set()
+        self.then = then
 
 
 class _Baton:
@@ -120,6 +141,9 @@ class _Baton:
             ticket = self.queue.popleft()
             if ticket.abandoned:
                 continue
+            if ticket.then is not None:
+                self.queue.append(ticket.then)
+                continue
             self.busy = True
             ticket.granted = True
             ticket.event.set()
@@ -136,19 +160,76 @@ def _baton(host: _aio._Host) -> _Baton:
     return baton
 
 
+class _Run:
+    """One ``run_async`` call: where an asyncio cancel of its caller lands.
+
+    PocketFlow runs a flow as one asyncio task, so ``task.cancel()`` throws
+    ``CancelledError`` into the coroutine it is suspended in, which may catch
+    it and carry on.  Here the cancel goes to what the run's main strand
+    waits for: the asyncio task of its current crossing (cancelled as asyncio
+    would), or a parallel section (its pool is cancelled, and the section
+    raises ``CancelledError``, as a cancelled ``asyncio.gather`` does).  A
+    cancel that finds neither (the strand waits for its turn) is raised at the
+    strand's next step.
+    """
+
+    __slots__ = ("pending", "target")
+
+    def __init__(self) -> None:
+        self.target: asyncio.Task[Any] | trio.CancelScope | None = None
+        self.pending = False
+
+    def deliver_cancel(self) -> None:
+        """Trio-flavored: the caller of ``run_async`` was cancelled."""
+        target = self.target
+        if isinstance(target, trio.CancelScope):
+            target.cancel()
+        elif target is None or not target.cancel():  # no crossing, or one that has already finished
+            self.pending = True
+
+    def raise_pending(self) -> None:
+        """Raise ``CancelledError`` here if a cancel is waiting to land."""
+        if self.pending:
+            self.pending = False
+            raise asyncio.CancelledError
+
+
 class _Strand:
-    """One line of PocketFlow execution (a ``run_async`` call, a parallel item) on Trio."""
+    """One line of PocketFlow execution (a ``run_async`` call, a parallel item) on Trio.
 
-    __slots__ = ("baton", "holding", "host")
+    Its asyncio crossings and plain method calls run in one ``context``, as
+    PocketFlow's code would in one asyncio task; ``run`` is set on a
+    ``run_async`` call's main strand only.
+    """
 
-    def __init__(self, host: _aio._Host | None, baton: _Baton | None) -> None:
+    __slots__ = ("baton", "context", "holding", "host", "run")
+
+    def __init__(
+        self,
+        host: _aio._Host | None,
+        baton: _Baton | None,
+        context: contextvars.Context | None = None,
+        run: _Run | None = None,
+    ) -> None:
         self.host = host
         self.baton = baton
+        self.context = context
+        self.run = run
         self.holding = False
+
+    def sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call a plain user method, in the strand's context."""
+        context = self.context
+        if context is None:
+            return fn(*args)
+        return context.run(fn, *args)
 
     async def acquire(self, ticket: _Ticket) -> None:
         try:
-            await ticket.event.wait()
+            if not ticket.event.is_set():
+                assert self.host is not None
+                self.host.nudge()  # the ticket comes from an asyncio callback, soon
+                await ticket.event.wait()
         except BaseException:
             if ticket.granted:
                 self.holding = True
@@ -163,10 +244,8 @@ class _Strand:
             assert self.baton is not None
             self.baton.release()
 
-    def start(
-        self, fn: Callable[..., Any], *args: Any, context: contextvars.Context | None = None
-    ) -> _Started:
-        """Start ``fn(*args)`` as an asyncio task on the caller's loop; no user code runs yet.
+    def start(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context | None) -> _Started:
+        """Start ``coro`` as an asyncio task on the caller's loop, in ``context``; no user code runs yet.
 
         Its ticket is queued for the baton when the task finishes, in the
         asyncio callback, so strands resume in the order asyncio finished them.
@@ -176,7 +255,7 @@ class _Strand:
         baton = self.baton
         assert baton is not None
         ticket = _Ticket()
-        task = self.host.create_task(fn, *args, context=context)
+        task = self.host.create_task(coro, context)
         task.add_done_callback(lambda _: baton.host_enqueue(ticket))
         return task, ticket
 
@@ -202,28 +281,45 @@ class _Strand:
         coroutine that finishes without suspending (``prep_async`` that only
         reads ``shared``) lets no other strand in.
         """
-        host, baton = self.host, self.baton
+        host, baton, run = self.host, self.baton, self.run
         if host is None or baton is None:  # pragma: no cover - async nodes refuse sync runs before this
             raise RuntimeError("Use run_async.")
-        ticket = _Ticket()
-        suspended = False
+        if run is not None:
+            run.raise_pending()
+        inline = _INLINE.get(getattr(fn, "__func__", None))
+        if inline is not None:  # one of this module's defaults: it would return at once, touching nothing
+            return inline(*args)
+        ticket: _Ticket | None = None  # made when the coroutine suspends: most never do
 
-        def on_suspend() -> None:  # in the asyncio task: give the baton up
-            nonlocal suspended
-            suspended = True
+        def on_suspend() -> None:  # in the asyncio task: give the baton up, queue again when done
+            nonlocal ticket
+            ticket = resume = _Ticket()
             host.run_sync_soon(self.release)
+            task.add_done_callback(lambda _: baton.host_enqueue(resume))
 
-        def done(_: object) -> None:  # asyncio callback: queue again, or keep the baton
-            if suspended:
-                baton.host_enqueue(ticket)
-            else:
-                host.run_sync_soon(ticket.grant_held)
-
-        task = host.create_task(_watch, on_suspend, fn, *args)
-        task.add_done_callback(done)
+        task = host.create_task(_watch(on_suspend, fn, *args), self.context)
+        if run is not None:
+            run.target = task
         try:
-            return await host.wait(task)
-        finally:
+            result = await host.wait(task)
+        except Exception:
+            await self._resume(ticket)
+            if run is not None:
+                run.raise_pending()  # asyncio throws the cancel in place of the exception
+            raise
+        except BaseException:
+            await self._resume(ticket)
+            raise
+        await self._resume(ticket)
+        if run is not None:
+            run.raise_pending()  # asyncio throws the cancel in place of the result
+        return result
+
+    async def _resume(self, ticket: _Ticket | None) -> None:
+        """After a crossing: wait for the strand's turn again, unless it never gave it up (no ticket)."""
+        if self.run is not None:
+            self.run.target = None
+        if ticket is not None:
             with trio.CancelScope(shield=True):
                 await self.acquire(ticket)
 
@@ -232,12 +328,16 @@ async def _watch(on_suspend: Callable[[], None], fn: Callable[..., Any], *args: 
     """``await fn(*args)``, calling ``on_suspend()`` the first time it suspends.
 
     The call happens inside the task, so a task cancelled before its first
-    step leaves no coroutine never awaited.
+    step leaves no coroutine never awaited.  A KeyboardInterrupt or
+    SystemExit is carried to the Trio side (see :mod:`adapters.aio`).
     """
-    awaitable = fn(*args)
-    if not inspect.isawaitable(awaitable):
-        raise TypeError(f"object {type(awaitable).__name__} can't be used in 'await' expression")
-    return await _Watch(awaitable, on_suspend)
+    try:
+        awaitable = fn(*args)
+        if not inspect.isawaitable(awaitable):
+            raise TypeError(f"object {type(awaitable).__name__} can't be used in 'await' expression")
+        return await _Watch(awaitable, on_suspend)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _aio._Carried(exc) from None
 
 
 class _Watch:
@@ -284,41 +384,64 @@ class _ItemFailed(Exception):
     """Stands in the pool for an item's exception, which comes out bare."""
 
 
+def _check_max_concurrency(owner: Any) -> Any:
+    """The owner's ``max_concurrency``, checked as trioflow's own parallel nodes check it."""
+    max_concurrency = getattr(owner, "max_concurrency", None)
+    check_limits(max_concurrency, None, None, owner=type(owner).__name__)
+    return max_concurrency
+
+
 async def _parallel(
     strand: _Strand,
     owner: Any,
     items: Iterable[Any],
     fn: Callable[[_Strand, Any, _Started | None], Awaitable[Any]],
-    prestart: Callable[[_Strand, Any], _Started | None] | None = None,
+    prestart: Callable[[_Strand, Any, contextvars.Context | None], _Started | None] | None = None,
 ) -> list[Any]:
     """``asyncio.gather(*(fn(item) for item in items))`` on trioflow's pool, in asyncio's order.
 
-    Items are taken in input order when the pool pulls them: ``prestart``
-    starts an item's first asyncio task right then (so, without a cap, all of
-    them start in one turn of the loop, in order, as gather's tasks do); an
-    item without one queues for the baton instead.
+    The items are listed first, as ``gather(*...)`` does.  They are taken in
+    input order when the pool pulls them: ``prestart`` starts an item's first
+    asyncio task right then (so, without a cap, all of them start in one turn
+    of the loop, in order, as gather's tasks do); an item without one queues
+    for the baton instead.  Each item runs in a copy of the strand's context,
+    as each task of ``gather`` does.  The parent lets the baton go once it
+    has started all its items (gather makes all its tasks before it waits;
+    with a cap, at the first, as the pool starts the rest when items finish).
+    When the last item finishes, before it lets the baton go, the parent
+    queues to resume as ``gather`` wakes its task: an item of a parallel node
+    has come back through its task's done callback, which stands for
+    ``gather``'s own callback, so the parent queues at once; a sub-flow has
+    just finished its task, so ``gather``'s callback queues first (a hop),
+    and the parent's turn after it.
     """
-    iterator = iter(items)
+    max_concurrency = _check_max_concurrency(owner)
+    listed = list(items)
+    remaining = len(listed)
+    resume: _Ticket | None = None
     baton = strand.baton
     assert baton is not None
     first_error: list[BaseException] = []
 
-    def pulled() -> Iterable[tuple[_Ticket | None, _Started | None, Any]]:
-        for item in iterator:
-            # The parent waits for its items from the first one on (gather() of
-            # nothing does not suspend): other strands may run now.
-            strand.release()
-            started = prestart(strand, item) if prestart is not None else None
-            if started is not None:
-                yield None, started, item
-            else:
+    last = len(listed) - 1
+
+    def pulled() -> Iterable[tuple[_Ticket | None, _Started | None, Any, contextvars.Context | None]]:
+        for index, item in enumerate(listed):
+            context = strand.context.copy() if strand.context is not None else None
+            started = prestart(strand, item, context) if prestart is not None else None
+            ticket = None
+            if started is None:
                 ticket = _Ticket()
                 baton.enqueue(ticket)
-                yield ticket, None, item
+            if index == last or max_concurrency is not None:
+                strand.release()  # the parent waits for its items now (gather() of nothing does not)
+            yield ticket, started, item, context
 
-    async def job(_index: int, entry: tuple[_Ticket | None, _Started | None, Any]) -> Any:
-        ticket, started, item = entry
-        child = _Strand(strand.host, baton)
+    async def job(
+        _index: int, entry: tuple[_Ticket | None, _Started | None, Any, contextvars.Context | None]
+    ) -> Any:
+        ticket, started, item, context = entry
+        child = _Strand(strand.host, baton, context)
         try:
             if ticket is not None:
                 await child.acquire(ticket)
@@ -332,27 +455,41 @@ async def _parallel(
         finally:
             if started is not None and not started[1].granted:
                 started[1].abandoned = True
+            nonlocal remaining, resume
+            remaining -= 1
+            if remaining == 0 and child.holding and not first_error:
+                resume = _Ticket()
+                baton.enqueue(resume if started is not None else _Ticket(then=resume))
             child.release()
 
     pool: _Pool[Any, Any] = _Pool(
         job,
         pulled(),
-        max_concurrency=getattr(owner, "max_concurrency", None),
+        max_concurrency=max_concurrency,
         limiter=None,
         max_per_second=None,
         name=type(owner).__name__,
     )
     error: BaseException | None = None
-    try:
-        results = await pool.run_to_list()
-    except BatchError as err:
-        error = first_error[0] if first_error else err.exceptions[0]  # else: the input itself raised
-    finally:
-        if not strand.holding:
-            resume = _Ticket()
-            baton.enqueue(resume)
-            with trio.CancelScope(shield=True):
-                await strand.acquire(resume)
+    run = strand.run
+    with trio.CancelScope() as scope:
+        if run is not None:
+            run.target = scope  # a cancel of the caller cancels the whole section
+        try:
+            results = await pool.run_to_list()
+        except BatchError as err:
+            error = first_error[0] if first_error else err.exceptions[0]  # else: the input itself raised
+        finally:
+            if run is not None:
+                run.target = None
+            if not strand.holding:
+                if resume is None:  # no item, or they ended early
+                    resume = _Ticket()
+                    baton.enqueue(resume)
+                with trio.CancelScope(shield=True):
+                    await strand.acquire(resume)
+    if scope.cancel_called:  # as a cancelled gather() raises, whatever its tasks did
+        raise asyncio.CancelledError
     if error is not None:
         raise error
     return results
@@ -362,46 +499,81 @@ async def _parallel(
 
 
 def _run_sync(node: BaseNode, shared: Any) -> Any:
-    """PocketFlow's sync ``_run`` on the Trio engine."""
+    """PocketFlow's sync ``_run`` on the Trio engine (in a copy of the caller's context, copied back)."""
+
+    final: list[contextvars.Context] = []
 
     async def main() -> Any:
-        return await node._trio_run(_Strand(None, None), shared)
+        try:
+            return await node._trio_run(_Strand(None, None), shared)
+        finally:
+            final.append(contextvars.copy_context())
 
-    if not trio.lowlevel.in_trio_run():
-        return trio.run(main)
-    # Already inside a Trio run in this thread (a node calling flow.run(), or
-    # a guest run on this loop): block it, as PocketFlow's sync run would.
-    box: list[outcome.Outcome[Any]] = []
-    thread = threading.Thread(target=lambda: box.append(outcome.capture(trio.run, main)), daemon=True)
-    thread.start()
-    thread.join()
-    return box[0].unwrap()
+    try:
+        if not trio.lowlevel.in_trio_run():
+            return trio.run(main)
+        # Already inside a Trio run in this thread (a node calling flow.run(), or
+        # a guest run on this loop): block it, as PocketFlow's sync run would,
+        # in a thread that sees this thread's context variables.
+        box: list[outcome.Outcome[Any]] = []
+
+        def in_thread() -> None:
+            box.append(outcome.capture(trio.run, main))
+
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(in_thread,), daemon=True)
+        thread.start()
+        thread.join()
+        return box[0].unwrap()
+    finally:
+        if final:  # PocketFlow runs the flow in the caller's context: its changes stay
+            _copy_back(final[0])
 
 
 async def _run_async(node: AsyncNode, shared: Any) -> Any:
-    """PocketFlow's ``_run_async`` on the Trio engine, awaited from asyncio code."""
+    """PocketFlow's ``_run_async`` on the Trio engine, awaited from asyncio code.
+
+    PocketFlow awaits the whole flow in the caller's task, in the caller's
+    context; here its coroutines and plain methods share one copy of that
+    context, whose changes are copied back when the run ends.  A cancel of
+    the caller lands as it would in PocketFlow (see :class:`_Run`).
+    """
     host = _aio.host_for(asyncio.get_running_loop())
+    context = contextvars.copy_context()
+    if context.get(_ATTEMPT) is not None:  # a run inside a parallel item's exec_async starts afresh
+        context.run(_ATTEMPT.set, None)
+    run = _Run()
     ticket = _Ticket()
 
     def on_start() -> None:  # in the Trio run, in submission order: queue for the baton now
         _baton(host).enqueue(ticket)
 
     async def main() -> Any:
-        strand = _Strand(host, _baton(host))
+        strand = _Strand(host, _baton(host), context, run)
         try:
             await strand.acquire(ticket)
+            run.raise_pending()
             return await node._trio_run_async(strand, shared)
         finally:
             strand.release()
 
-    return await _aio.run_trio(main, on_start=on_start)
+    try:
+        return await _aio.run_trio(main, on_start=on_start, on_cancel=run.deliver_cancel)
+    finally:
+        _copy_back(context)
+
+
+def _copy_back(context: contextvars.Context) -> None:
+    """Set in the current context every variable the run changed in ``context``."""
+    for var, value in context.items():
+        if var is not _ATTEMPT and var.get(_MISSING) is not value:
+            var.set(value)
 
 
 async def _step(strand: _Strand, node: Any, shared: Any) -> Any:
     """``node._run(shared)`` as PocketFlow's flows call it."""
     if isinstance(node, BaseNode):
         return await node._trio_run(strand, shared)
-    return node._run(shared)
+    return strand.sync(node._run, shared)
 
 
 # -- the eleven classes ---------------------------------------------------------------
@@ -434,12 +606,12 @@ class BaseNode:
         pass
 
     async def _trio_exec(self, strand: _Strand, prep_res: Any) -> Any:
-        return self.exec(prep_res)
+        return strand.sync(self.exec, prep_res)
 
     async def _trio_run(self, strand: _Strand, shared: Any) -> Any:
-        p = self.prep(shared)
+        p = strand.sync(self.prep, shared)
         e = await self._trio_exec(strand, p)
-        return self.post(shared, p, e)
+        return strand.sync(self.post, shared, p, e)
 
     def _run(self, shared: Any) -> Any:
         return _run_sync(self, shared)
@@ -473,7 +645,12 @@ class Node(BaseNode):
 
     @property
     def cur_retry(self) -> int:
-        """The 0-based attempt of the running ``exec`` (per item in parallel batches)."""
+        """The 0-based attempt of the running ``exec`` / ``exec_async`` (per item in parallel batches).
+
+        After a run it reads the last attempt made, on sync and async nodes
+        alike, as PocketFlow's repository head sets it (0.0.3 sets it on sync
+        nodes only); before any run there is none (AttributeError).
+        """
         attempt = _ATTEMPT.get()
         if attempt is not None:
             return attempt
@@ -493,10 +670,10 @@ class Node(BaseNode):
         for i in range(self.max_retries):
             self.cur_retry = i
             try:
-                return self.exec(prep_res)
+                return strand.sync(self.exec, prep_res)
             except Exception as e:
                 if i == self.max_retries - 1:
-                    return self.exec_fallback(prep_res, e)
+                    return strand.sync(self.exec_fallback, prep_res, e)
                 if self.wait > 0:
                     await trio.sleep(self.wait)
         return None
@@ -531,9 +708,9 @@ class Flow(BaseNode):
         return last_action
 
     async def _trio_run(self, strand: _Strand, shared: Any) -> Any:
-        p = self.prep(shared)
+        p = strand.sync(self.prep, shared)
         o = await self._trio_orch(strand, shared)
-        return self.post(shared, p, o)
+        return strand.sync(self.post, shared, p, o)
 
     def _run(self, shared: Any) -> Any:
         return _run_sync(self, shared)
@@ -544,10 +721,10 @@ class Flow(BaseNode):
 
 class BatchFlow(Flow):
     async def _trio_run(self, strand: _Strand, shared: Any) -> Any:
-        pr = self.prep(shared) or []
+        pr = strand.sync(self.prep, shared) or []
         for bp in pr:
             await self._trio_orch(strand, shared, {**self.params, **bp})
-        return self.post(shared, pr, None)
+        return strand.sync(self.post, shared, pr, None)
 
     def _run(self, shared: Any) -> Any:
         return _run_sync(self, shared)
@@ -572,7 +749,7 @@ class AsyncNode(Node):
     async def _trio_exec_one(self, strand: _Strand, prep_res: Any) -> Any:
         """PocketFlow's ``AsyncNode._exec``: attempts, then the fallback."""
         for i in range(self.max_retries):
-            token = _ATTEMPT.set(i)
+            self.cur_retry = i
             try:
                 return await strand.aio(self.exec_async, prep_res)
             except Exception as e:
@@ -580,8 +757,6 @@ class AsyncNode(Node):
                     return await strand.aio(self.exec_fallback_async, prep_res, e)
                 if self.wait > 0:
                     await strand.aio(asyncio.sleep, self.wait)
-            finally:
-                _ATTEMPT.reset(token)
         return None
 
     async def run_async(self, shared: Any) -> Any:
@@ -615,6 +790,7 @@ class AsyncParallelBatchNode(AsyncNode, BatchNode):
     def __init__(self, max_retries: int = 1, wait: float = 0, *, max_concurrency: int | None = None) -> None:
         super().__init__(max_retries, wait)
         self.max_concurrency = max_concurrency
+        _check_max_concurrency(self)
 
     async def _trio_exec(self, strand: _Strand, items: Any) -> Any:
         async def finish(s: _Strand, _item: Any, started: _Started | None) -> Any:
@@ -623,30 +799,36 @@ class AsyncParallelBatchNode(AsyncNode, BatchNode):
 
         return await _parallel(strand, self, items, finish, prestart=self._start_item)
 
-    def _start_item(self, strand: _Strand, item: Any) -> _Started:
+    def _start_item(self, strand: _Strand, item: Any, context: contextvars.Context | None) -> _Started:
         """Start the item's attempts as one asyncio task, as ``gather`` starts ``_exec(item)``.
 
         Within the task the attempts run back to back, so an attempt that fails
         without suspending is retried before the next item starts, as in PocketFlow.
         """
-        return strand.start(_item_attempts, self, item)
+        return strand.start(_item_attempts(self, item), context)
 
 
 async def _item_attempts(node: AsyncNode, prep_res: Any) -> Any:
     """PocketFlow's ``AsyncNode._exec`` for one parallel item, as asyncio code in its own task.
 
-    The attempt number goes to the task's own context, so ``cur_retry`` is per item.
+    The attempt number goes to the task's own context, so ``cur_retry`` is per
+    item inside ``exec_async``; the node's attribute keeps the last one set, as
+    PocketFlow's does.
     """
-    for i in range(node.max_retries):
-        _ATTEMPT.set(i)
-        try:
-            return await node.exec_async(prep_res)
-        except Exception as e:
-            if i == node.max_retries - 1:
-                return await node.exec_fallback_async(prep_res, e)
-            if node.wait > 0:
-                await asyncio.sleep(node.wait)
-    return None
+    try:
+        for i in range(node.max_retries):
+            _ATTEMPT.set(i)
+            node.cur_retry = i
+            try:
+                return await node.exec_async(prep_res)
+            except Exception as e:
+                if i == node.max_retries - 1:
+                    return await node.exec_fallback_async(prep_res, e)
+                if node.wait > 0:
+                    await asyncio.sleep(node.wait)
+        return None
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _aio._Carried(exc) from None
 
 
 class AsyncFlow(Flow, AsyncNode):
@@ -684,6 +866,7 @@ class AsyncParallelBatchFlow(AsyncFlow, BatchFlow):
     def __init__(self, start: Any = None, *, max_concurrency: int | None = None) -> None:
         super().__init__(start)
         self.max_concurrency = max_concurrency
+        _check_max_concurrency(self)
 
     async def _trio_run_async(self, strand: _Strand, shared: Any) -> Any:
         pr = await strand.aio(self.prep_async, shared) or []
@@ -693,3 +876,27 @@ class AsyncParallelBatchFlow(AsyncFlow, BatchFlow):
 
         await _parallel(strand, self, pr, one)
         return await strand.aio(self.post_async, shared, pr, None)
+
+
+def _nothing(*_: Any) -> None:
+    return None
+
+
+def _reraise(prep_res: Any, exc: Exception) -> Any:
+    raise exc
+
+
+def _exec_res(shared: Any, prep_res: Any, exec_res: Any) -> Any:
+    return exec_res
+
+
+# The default coroutines of the classes above, as what they return: awaiting
+# one never suspends and has no effect, so it needs no asyncio task (most
+# flows keep the default prep_async and post_async).
+_INLINE: dict[Any, Callable[..., Any]] = {
+    AsyncNode.prep_async: _nothing,
+    AsyncNode.exec_async: _nothing,
+    AsyncNode.post_async: _nothing,
+    AsyncNode.exec_fallback_async: _reraise,
+    AsyncFlow.post_async: _exec_res,
+}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -509,3 +510,128 @@ def test_run_flow_and_pocketflow_share_the_guest_run() -> None:
         a, b = runner.run(main())
     assert a == {"x": 4}
     assert b["results"] == [0, 10]
+
+
+REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="unset")
+
+
+class TestContext:
+    def test_run_async_callers_each_see_their_own_context(self, arun: Runner) -> None:
+        """Three concurrent run_async callers: each one's async and sync nodes see its own variables."""
+
+        class Sees(pf.AsyncNode):
+            async def prep_async(self, shared: dict[str, Any]) -> None:
+                await ticks(1)
+                shared["seen"].append(("prep", REQUEST.get()))
+
+            async def exec_async(self, prep_res: Any) -> str:
+                await ticks(2)
+                return REQUEST.get()
+
+            async def post_async(self, shared: dict[str, Any], p: Any, e: str) -> None:
+                shared["seen"] += [("exec", e), ("post", REQUEST.get())]
+
+        class SyncSees(pf.Node):
+            def post(self, shared: dict[str, Any], p: Any, e: Any) -> None:
+                shared["seen"].append(("sync post", REQUEST.get()))
+
+        first = Sees()
+        first >> SyncSees()
+        flow = pf.AsyncFlow(start=first)
+
+        async def caller(name: str) -> list[tuple[str, str]]:
+            REQUEST.set(name)
+            shared: dict[str, Any] = {"seen": []}
+            await flow.run_async(shared)
+            return shared["seen"]  # type: ignore[no-any-return]
+
+        async def main() -> list[list[tuple[str, str]]]:
+            return await asyncio.gather(*(caller(f"request {i}") for i in range(3)))
+
+        for i, seen in enumerate(arun(main())):
+            assert seen == [(where, f"request {i}") for where in ("prep", "exec", "post", "sync post")]
+
+
+class TestMaxConcurrency:
+    @pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
+    @pytest.mark.parametrize("name", ["AsyncParallelBatchNode", "AsyncParallelBatchFlow"])
+    def test_max_concurrency_is_checked_naming_the_node(self, name: str, value: Any) -> None:
+        """A cap that is not an int >= 1 (or None) is a ValueError naming the class, as trioflow's own nodes say."""
+
+        kind = type(f"My{name}", (getattr(pf, name),), {})
+        with pytest.raises(ValueError, match=rf"My{name}: max_concurrency must be an int >= 1 or None, not {value!r}"):
+            kind(max_concurrency=value)
+
+    def test_max_concurrency_set_after_construction_is_checked_at_run(self, arun: Runner) -> None:
+        """A cap assigned later is checked when the batch runs; no item runs and post is not called."""
+        node = Collect([0, 0])
+        node.max_concurrency = 0
+        shared: dict[str, Any] = {}
+        with pytest.raises(ValueError, match=r"Collect: max_concurrency must be an int >= 1 or None, not 0"):
+            arun(node.run_async(shared))
+        assert shared == {}
+
+
+class TestCurRetry:
+    def test_AsyncNode_cur_retry_after_a_run_reads_the_last_attempt(self, arun: Runner) -> None:
+        """Inside exec_async it counts attempts; after the run it keeps the last one (PocketFlow's head)."""
+        seen: list[int] = []
+
+        class Flaky(pf.AsyncNode):
+            async def exec_async(self, prep_res: Any) -> str:
+                seen.append(self.cur_retry)
+                if self.cur_retry < 2:
+                    raise OSError("again")
+                return "ok"
+
+        node = Flaky(max_retries=4)
+        with pytest.raises(AttributeError):
+            node.cur_retry  # noqa: B018 - no attempt yet, as in PocketFlow
+        arun(node.run_async({}))
+        assert seen == [0, 1, 2]
+        assert node.cur_retry == 2
+
+    def test_AsyncBatchNode_cur_retry_after_a_run_reads_the_last_items_attempt(self, arun: Runner) -> None:
+        """Items one after another: the last attempt of the last item is what stays."""
+
+        class Batch(pf.AsyncBatchNode):
+            async def prep_async(self, shared: Any) -> list[int]:
+                return [2, 0]
+
+            async def exec_async(self, fails: int) -> int:
+                if self.cur_retry < fails:
+                    raise OSError("again")
+                return self.cur_retry
+
+            async def post_async(self, shared: dict[str, Any], p: Any, e: Any) -> None:
+                shared["attempts"] = e
+
+        node = Batch(max_retries=3)
+        shared: dict[str, Any] = {}
+        arun(node.run_async(shared))
+        assert shared["attempts"] == [2, 0]
+        assert node.cur_retry == 0
+
+    def test_AsyncParallelBatchNode_cur_retry_is_the_last_attempt_started(self, arun: Runner) -> None:
+        """Parallel items keep their own number inside exec_async; the node keeps the last one set."""
+
+        class Parallel(pf.AsyncParallelBatchNode):
+            async def prep_async(self, shared: Any) -> list[int]:
+                return [1, 0]
+
+            async def exec_async(self, fails: int) -> int:
+                attempt = self.cur_retry
+                await ticks(3)
+                assert self.cur_retry == attempt
+                if attempt < fails:
+                    raise OSError("again")
+                return attempt
+
+            async def post_async(self, shared: dict[str, Any], p: Any, e: Any) -> None:
+                shared["attempts"] = e
+
+        node = Parallel(max_retries=2)
+        shared: dict[str, Any] = {}
+        arun(node.run_async(shared))
+        assert shared["attempts"] == [1, 0]
+        assert node.cur_retry == 1  # item 0's second attempt started last

