@@ -31,7 +31,7 @@ Reported per case and system: time / ideal (the ideal: the time the
 provider could admit the last call, plus the median latency) and the share of
 attempts the provider throttled.  A run that makes more than 20 attempts per
 call or runs past 10x the ideal is stopped and reported as such.  Targets
-(DESIGN.md's performance contract): ``trioflow`` within 1.2x of the ideal
+(the performance contract in README.md): ``trioflow`` within 1.2x of the ideal
 with at most 6 % of attempts throttled in all four cases, and every fixed cap
 failing at least one case.
 """
@@ -494,6 +494,8 @@ def rate_trace(case: str, seed: int, n: int) -> dict[str, list[tuple[float | str
     provider = Provider.for_case(case, seed)
 
     def steps(changes: Sequence[tuple[float, float]]) -> list[tuple[float | str, float]]:
+        # the changes up to the run's end only (a short run ends before the provider's drop)
+        changes = [change for i, change in enumerate(changes) if i == 0 or change[0] <= end]
         points: list[tuple[float | str, float]] = []
         for i, (t, rate) in enumerate(changes):
             if i:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,27 @@ COLOURS = {
     "ideal": "#000000",
     "trioflow-aio": "#17becf",
     "aio_as_trio": "#7f7f7f",
+    # the peers and references of the later scenarios: a colour of their own each, none grey
+    "adapters.pocketflow": "#393b79",
+    "anyio": "#e377c2",
+    "cap-25": "#637939",
+    "cap-50": "#8c6d31",
+    "provider limit": "#444444",
+    "perfect pool": "#b5cf6b",
+    "sqlite store": "#3182bd",
+    "no store": "#9ecae1",
+    "processes": "#e6550d",
+    "threads": "#fdae6b",
+    "inline": "#843c39",
+    "process-pool": "#31a354",
+    "dask": "#756bb1",
+    "dask-submit": "#bcbddc",
+    "thread-pool": "#a1d99b",
+    "trio-to-thread": "#d6616b",
+    "submit-loop": "#de9ed6",
 }
-SPARE_COLOURS = ("#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
-                 "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7cb94", "#e7969c", "#de9ed6")
+SPARE_COLOURS = ("#7b4173", "#6b6ecf", "#bd9e39", "#e7969c", "#9c9ede", "#e7cb94", "#636363", "#cedb9c",
+                 "#ad494a", "#8ca252", "#5254a3", "#e7ba52", "#a55194", "#c6dbef", "#fd8d3c", "#74c476")
 
 
 def _num(x: float | None, digits: int = 1) -> str:
@@ -253,14 +272,17 @@ def _draw(ax: Any, panel: Panel, colour: dict[str, str]) -> None:
             xs = [c + (i - (len(panel.series) - 1) / 2) * width for c, case in enumerate(cases) if case in at]
             ax.bar(xs, [at[case] for case in cases if case in at], width=width, color=colour[system], label=system)
         ax.set_xticks(range(len(cases)))
-        ax.set_xticklabels(cases, fontsize="small")
+        # long case names (the bridge's per-run costs) wrap rather than run into each other
+        ax.set_xticklabels([textwrap.fill(case, 16) for case in cases], fontsize="small")
     else:
         xs_all: list[float] = []
         for system, points in panel.series.items():
-            ordered = sorted((float(x), y) for x, y in points)
+            # by x alone, keeping the given order of equal x: a step line has two points at each step
+            ordered = sorted(((float(x), y) for x, y in points), key=lambda point: point[0])
             xs_all += [x for x, _ in ordered]
-            ax.plot([x for x, _ in ordered], [y for _, y in ordered], marker="o", color=colour[system],
-                    linestyle="--" if system == "ideal" else "-", label=system)
+            ax.plot([x for x, _ in ordered], [y for _, y in ordered], marker="o" if len(ordered) <= 40 else None,
+                    color=colour[system], linestyle="--" if system in ("ideal", "provider limit") else "-",
+                    label=system)
         if panel.log_x and xs_all and min(xs_all) > 0:
             ax.set_xscale("log")
         if xs_all:

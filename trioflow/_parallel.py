@@ -118,7 +118,7 @@ def reraise_bare(lone: BaseException) -> NoReturn:
 
 @contextmanager
 def bare_base_exception() -> Iterator[None]:
-    """Let a lone ``BaseException`` out of the pool's nursery bare, as DESIGN.md promises.
+    """Let a lone ``BaseException`` out of the pool's nursery bare: never wrapped.
 
     The pool catches every ``Exception`` of its items itself (into a
     ``BatchError`` or a result slot), so what a worker can raise through the

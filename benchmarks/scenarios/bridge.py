@@ -193,9 +193,12 @@ def panels(results: Sequence[Result]) -> list[Panel]:
     costs = [r for r in results if r.group.variant == COSTS and r.status == "ok" and r.figures]
     if costs:
         last = max(costs, key=lambda r: r.group.n)
-        cost_series: dict[str, list[tuple[float | str, float]]] = {
-            case: [("ms per run", figure.median / last.group.n * 1e3)] for case, figure in last.figures.items()
-        }
+        # run_pocketflow_costs names each figure "<case>: <system>": a group of bars per case,
+        # a bar (and one colour) per system
+        cost_series: dict[str, list[tuple[float | str, float]]] = {}
+        for name, figure in last.figures.items():
+            case, _, system = name.rpartition(": ")
+            cost_series.setdefault(system or name, []).append((case or name, figure.median / last.group.n * 1e3))
         out.append(Panel("bridge: adapters.pocketflow vs PocketFlow, ms per run", cost_series, x_label="",
                          y_label="ms per run (median)"))
     return out
