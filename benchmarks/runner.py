@@ -237,12 +237,12 @@ def parse_args(argv: list[str] | None, names: Sequence[str]) -> argparse.Namespa
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="trioflow's benchmark, side by side with PocketFlow, asyncio, aiometer and plain Trio, "
-        "checked against the performance contract in README.md.  Default: the full run (about 10 minutes "
-        "on 2 cores for the first four scenarios).",
+        "checked against the performance contract in README.md.  Default: the full run of every scenario "
+        "(about 25 minutes on 2 cores).",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="mode", const="quick",
-                      help="a first look: smaller sizes, a minute or two on 2 cores")
+                      help="a first look: smaller sizes, two or three minutes on 2 cores")
     size.add_argument("--smoke", action="store_const", dest="mode", const="smoke",
                       help="tiny sizes, a few seconds (the test suite runs this)")
     parser.add_argument("--scenario", action="append", choices=list(names), metavar="NAME",
