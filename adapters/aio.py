@@ -79,9 +79,6 @@ import trio
 
 import trioflow
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
-
 __all__ = [
     "AsyncioBatchNode",
     "AsyncioIterator",
@@ -167,9 +164,7 @@ def _create_task(
     """``loop.create_task(coro)`` running in ``context`` (or a copy of the current one)."""
     if context is None:
         return loop.create_task(coro)
-    if sys.version_info >= (3, 11):
-        return loop.create_task(coro, context=context)
-    return context.run(loop.create_task, coro)  # pragma: no cover - 3.10 takes a copy of ``context``
+    return loop.create_task(coro, context=context)
 
 
 async def _wait_aio(task: asyncio.Future[Any]) -> Any:

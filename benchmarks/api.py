@@ -52,9 +52,6 @@ import trio.testing
 
 import trioflow
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
-
 #: The provider's hidden token bucket.
 RATE = 50.0
 BURST = 10.0

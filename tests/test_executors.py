@@ -27,9 +27,6 @@ from benchmarks.scenarios._dask import local_cluster, plain_asyncio_loops
 from tests import remote
 from trioflow.executors import Dask, Inline, Processes, Threads, WorkerDiedError
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
-
 VIAS = ("ParallelBatchNode", "parallel_map")
 
 

@@ -15,7 +15,6 @@ import heapq
 import itertools
 import math
 import re
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -30,9 +29,6 @@ from hypothesis import strategies as st
 
 import trioflow
 from tests import strategies as sts
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 T = TypeVar("T")
 

@@ -886,7 +886,7 @@ class TestDefaultReaders:
         assert is_throttle_error(_httpx_error(503))
         assert not is_throttle_error(_httpx_error(500))
         assert not is_throttle_error(_httpx_error(404))
-        soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)
+        soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
         when = email.utils.format_datetime(soon)
         after = retry_after_of(_httpx_error(429, {"retry-after": when}))
         assert after is not None and 25 <= after <= 31

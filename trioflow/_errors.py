@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import ExceptionGroup
 
 __all__ = ["BatchError"]
 
@@ -58,12 +54,5 @@ class BatchError(ExceptionGroup[Exception]):
 
 
 def add_note(exc: BaseException, note: str) -> None:
-    """``exc.add_note(note)``, also on Python 3.10."""
-    if sys.version_info >= (3, 11):
-        exc.add_note(note)
-    else:  # pragma: no cover
-        notes = getattr(exc, "__notes__", None)
-        if notes is None:
-            notes = []
-            exc.__notes__ = notes  # type: ignore[attr-defined]
-        notes.append(note)
+    """``exc.add_note(note)``."""
+    exc.add_note(note)

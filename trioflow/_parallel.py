@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from types import CoroutineType
@@ -37,9 +36,6 @@ import trio
 from . import _instrument
 from ._errors import BatchError, add_note
 from ._item import Admission, Hold, ItemRunner, Rate
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["as_completed", "parallel_map"]
 

@@ -672,7 +672,7 @@ class Throttle:
         accepted = sum(1 for t in self._recent if not t.throttled) / window
         self._w_max = max(MIN_RATE, min(self._rate, max(accepted, self._rate * CUT)))
         self._base = max(MIN_RATE, self._w_max * CUT)
-        self._k = (max(0.0, 1 - self._base / self._w_max) / GROWTH) ** (1 / 3)  # math.cbrt is 3.11+
+        self._k = math.cbrt(max(0.0, 1 - self._base / self._w_max) / GROWTH)
         self._slow_start = False
         self._credit = 0.0
         self._last_cut = now
