@@ -465,16 +465,16 @@ def _put_results_sql(rows: int) -> str:
 
 
 _PUT_FAILURE = (
-    "INSERT INTO results (node_id, key, status, value, stale) VALUES (?2, ?3, 1, ?4, 0) "
+    "INSERT INTO results (node_id, key, status, value, stale) VALUES (?, ?, 1, ?, 0) "
     "ON CONFLICT (node_id, key) DO UPDATE SET value = excluded.value WHERE status = 1"
 )
 _PUT_NODE = (
-    "INSERT INTO nodes (node_id, run_id, place, version, gen, finished) VALUES (?2, ?3, ?4, ?5, ?6, 0) "
+    "INSERT INTO nodes (node_id, run_id, place, version, gen, finished) VALUES (?, ?, ?, ?, ?, 0) "
     "ON CONFLICT (node_id) DO UPDATE SET gen = excluded.gen, finished = 0"
 )
 _PUT_STEP = (
     "INSERT INTO steps (run_id, gen, flow, n, node, action, keys, changes, at) "
-    "VALUES (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -645,12 +645,14 @@ class SQLiteConnection:
             start += rows
 
     def _put(self, kind: str, records: Iterator[Record]) -> None:
+        # A record is (kind, *parameters); plain ``?`` placeholders take the parameters (numbered
+        # ``?2`` with a sequence is deprecated since Python 3.12 and an error from 3.14).
         if kind == "failure":
-            self.db.executemany(_PUT_FAILURE, records)
+            self.db.executemany(_PUT_FAILURE, (record[1:] for record in records))
         elif kind == "node":
-            self.db.executemany(_PUT_NODE, records)
+            self.db.executemany(_PUT_NODE, (record[1:] for record in records))
         elif kind == "step":
-            self.db.executemany(_PUT_STEP, records)
+            self.db.executemany(_PUT_STEP, (record[1:] for record in records))
         elif kind == "finished":
             for record in records:
                 self._finished(*record[1:])
