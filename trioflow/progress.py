@@ -62,7 +62,10 @@ try:
     from rich.table import Column
     from rich.text import Text
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("trioflow.progress needs rich: pip install 'trioflow[progress]'") from exc
+    raise ImportError(
+        "trioflow.progress needs the 'rich' package, which trioflow's 'progress' extra installs: "
+        "pip install 'trioflow[progress]' (or, in a clone of the repository: pip install -e '.[progress]')"
+    ) from exc
 
 if TYPE_CHECKING:
     from ._node import Node
