@@ -6,6 +6,7 @@ Stores here are real SQLite files; mock-clock runs still talk to a real writer t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import io
@@ -54,7 +55,7 @@ def without_root_overrides() -> None:
 
 def rows(path: Path, sql: str, *args: Any) -> list[Any]:
     """Read the store with a connection of our own, as another process would."""
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         return db.execute(sql, args).fetchall()
 
 
@@ -125,7 +126,7 @@ class TestSQLiteStore:
     def test_SQLiteStore_refuses_a_store_of_a_newer_schema(self, tmp_path: Path) -> None:
         """A file whose user_version is beyond this trioflow's is a StoreError naming it, left untouched."""
         path = tmp_path / "runs.db"
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
         with pytest.raises(StoreError, match=f"{path}.*newer trioflow"):
             SQLiteStore(path).open()
@@ -182,7 +183,7 @@ class TestLease:
         trioflow.run(echo(calls), {"items": [1]}, store=path, run_id="r")
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
         owner = f"{os.uname().nodename}:{int(dead.stdout)}:dead"
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.execute("UPDATE runs SET owner = ?, lease_until = 1e12, status = 'running'", (owner,))
         trioflow.run(echo(calls), {"items": [1, 2]}, store=path, run_id="r")
         assert calls == [1, 2]  # 1 was recorded: only 2 ran again
@@ -192,11 +193,11 @@ class TestLease:
         path = tmp_path / "runs.db"
         calls = Calls()
         trioflow.run(echo(calls), {"items": [1]}, store=path, run_id="r")
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.execute("UPDATE runs SET owner = 'elsewhere:1:x', lease_until = 1e12, status = 'running'")
         with pytest.raises(LeaseError, match="elsewhere:1:x"):
             trioflow.run(echo(calls), {"items": [1, 2]}, store=path, run_id="r")
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.execute("UPDATE runs SET lease_until = 1.0")
         trioflow.run(echo(calls), {"items": [1, 2]}, store=path, run_id="r")
         assert calls == [1, 2]
@@ -210,7 +211,7 @@ class TestLease:
         class Stolen(Echo):
             async def exec(self, item: Any) -> Any:
                 if item == 5:
-                    with sqlite3.connect(path) as db:
+                    with contextlib.closing(sqlite3.connect(path)) as db, db:
                         db.execute("UPDATE runs SET owner = 'thief:1:x'")
                     stolen.set()
                 return await super().exec(item)

@@ -12,6 +12,7 @@ re-run counts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,7 +76,7 @@ def read_log(path: Path) -> list[tuple[str, str]]:
 
 def committed(db: str) -> set[str]:
     """The exec calls whose results the store holds, named as the exec log names them."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         found = conn.execute("SELECT place, key FROM results JOIN nodes USING (node_id) WHERE status = 0").fetchall()
     names = set()
     for place, key in found:
@@ -235,7 +236,7 @@ class TestKillAndResume:
         log1 = read_log(Path(spec["log"]))
         ended1 = {key for what, key in log1 if what == "end"}
         assert committed(spec["db"]) == ended1
-        with sqlite3.connect(spec["db"]) as conn:
+        with contextlib.closing(sqlite3.connect(spec["db"])) as conn, conn:
             assert conn.execute("SELECT key, value FROM results WHERE status = 1").fetchall() == [
                 ('"doc-7"', "ConnectionError: the fake LLM failed on doc-7")
             ]
