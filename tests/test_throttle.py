@@ -12,6 +12,7 @@ import datetime
 import email.utils
 import itertools
 import math
+import re
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -455,6 +456,11 @@ class TestThrottleCoolDown:
 
         run(main)
         assert isinstance(shared["results"][0], Throttled) and shared["results"][1] == "fine"
+        assert any(
+            re.fullmatch(rf"Always: item 0 was throttled for .* s in all; another cool-down .* would pass "
+                         rf"max_throttle_wait={limit:g} s, so this throttle counts as a failure .*", note)
+            for note in getattr(shared["results"][0], "__notes__", [])
+        ), "the error says the item ran out of max_throttle_wait"
         waited = sum(end - begin for begin, end in log.cool_downs)
         assert waited <= limit
         assert waited >= limit - 2.2  # it waited until one more cool-down would pass the limit
