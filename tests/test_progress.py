@@ -240,7 +240,7 @@ class TestProgressBarPlain:
         assert lines(out) == [
             "pages: started on 3 items",
             "pages: 3/3 done · failed 0 · retries 0 · 3.0/s · 1.0s · ok",
-            "stream: started on items",
+            "stream: started on a stream of items (no total known)",
             "stream: 2 done · failed 0 · retries 0 · 2.0/s · 1.0s · ok",
         ]
 

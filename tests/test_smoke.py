@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
 import trio
@@ -29,3 +30,8 @@ async def test_ParallelBatchNode_in_Flow_keeps_input_order(autojump_clock: trio.
     action = await trioflow.Flow(start=Translate(max_concurrency=2)).run(shared)
     assert action == "done"
     assert shared["translations"] == ["hi:french", "hi:de", "hi:ita"]
+
+
+def test_version_is_the_installed_packages() -> None:
+    """trioflow.__version__ is the version the installed package's metadata gives."""
+    assert trioflow.__version__ == importlib.metadata.version("trioflow")

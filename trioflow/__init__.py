@@ -31,6 +31,9 @@ from .executors import WorkerDiedError as WorkerDiedError
 from .tracing import Span as Span
 from .tracing import Tracer as Tracer
 
+#: This trioflow's version (the package's metadata reads it from here).
+__version__ = "0.1.0"
+
 __all__ = [
     "BatchError",
     "BatchFlow",
@@ -46,6 +49,7 @@ __all__ = [
     "ThrottleStatistics",
     "Tracer",
     "WorkerDiedError",
+    "__version__",
     "as_completed",
     "executors",
     "instrumented",

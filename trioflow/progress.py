@@ -336,7 +336,7 @@ class ProgressBar(Instrument):
             if self._redraw:
                 self._progress.refresh()
         else:
-            items = f"{total} items" if total is not None else "items"
+            items = f"{total} items" if total is not None else "a stream of items (no total known)"
             self.console.print(f"{bar.name}: started on {items}", markup=False, highlight=False, soft_wrap=True)
 
     def item_finished(self, node: Node, index: int, error: BaseException | None, value: Any = None) -> None:
