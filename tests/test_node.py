@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import attrs
 import pocketflow
 import pytest
 import trio
@@ -184,6 +186,19 @@ class TestRun:
         assert trioflow.run(trioflow.Flow(start=a), shared) == "end"
         assert shared["ran"] == ["Echo", "Last"]
         assert trioflow.run(Last(), {}) == "end"
+
+    @pytest.mark.parametrize("durable", [False, True])
+    def test_run_error_has_no_unrelated_context(self, durable: bool, tmp_path: Path) -> None:
+        """An error from the run leaves trioflow.run with no __context__ from its inside-Trio check."""
+
+        class Fails(Echo):
+            def exec(self, prep_res: Any) -> None:
+                raise KeyError("boom")
+
+        options: dict[str, Any] = {"store": tmp_path / "s.db", "run_id": "r"} if durable else {}
+        with pytest.raises(KeyError) as info:
+            trioflow.run(Fails(), {}, **options)
+        assert info.value.__context__ is None
 
     def test_run_rejects_a_non_node(self) -> None:
         """trioflow.run says what it got when it is not a node."""
@@ -467,6 +482,112 @@ class A(trioflow.Node):
 
 class B(trioflow.Node):
     pass
+
+
+class TestClassAttributeOptions:
+    def test_class_attributes_are_the_constructors_defaults(self) -> None:
+        """An option set in the class body is the default; a constructor argument wins over it."""
+
+        class Embed(trioflow.ParallelBatchNode):
+            version = "2"
+            max_concurrency = 16
+            max_retries = 3
+            retry_on = (ValueError,)
+
+        assert (Embed().version, Embed().max_concurrency, Embed().max_retries) == ("2", 16, 3)
+        assert Embed().retry_on == (ValueError,)
+        assert Embed(max_concurrency=4, version="3").max_concurrency == 4
+        assert Embed(version="3").version == "3"
+
+    def test_class_attribute_defaults_are_inherited_and_overridden(self) -> None:
+        """A subclass inherits its base's class-attribute options and may set its own; an attrs
+        field redeclared in a subclass takes its own default."""
+
+        class Base(trioflow.Node):
+            timeout = 5.0
+            version = "1"
+
+        class Child(Base):
+            version = "2"
+
+        @attrs.define(slots=False, eq=False, kw_only=True)
+        class Typed(Child):
+            model: str = "small"
+            version: str = "9"
+
+        assert (Child().timeout, Child().version) == (5.0, "2")
+        assert (Typed().timeout, Typed().version, Typed().model) == (5.0, "9", "small")
+        assert Typed(model="big", timeout=1.0).timeout == 1.0
+
+    def test_class_attribute_options_are_checked_naming_the_node(self) -> None:
+        """A bad option in the class body is the same ValueError as a bad constructor argument."""
+
+        class Bad(trioflow.ParallelBatchNode):
+            max_concurrency = 0
+
+        with pytest.raises(ValueError, match=r"Bad: max_concurrency must be an int >= 1 or None, not 0"):
+            Bad()
+
+    def test_class_attribute_params_are_copied_per_node(self) -> None:
+        """A dict in the class body is each node's own copy, as a default factory would give."""
+
+        class WithParams(trioflow.Node):
+            params = {"model": "small"}  # noqa: RUF012 - the mutable class attribute is the point
+
+        a, b = WithParams(), WithParams()
+        a.params["model"] = "big"
+        assert b.params == {"model": "small"} and WithParams.params == {"model": "small"}
+
+    def test_own_init_sees_class_attribute_options_it_does_not_pass(self) -> None:
+        """A PocketFlow-style ``__init__`` that calls super().__init__(max_retries=3) gets its
+        class's other options, and its own argument wins."""
+
+        class Styled(trioflow.Node):
+            wait = 2.0
+            max_retries = 9
+
+            def __init__(self) -> None:
+                super().__init__(max_retries=3)
+
+        assert (Styled().wait, Styled().max_retries) == (2.0, 3)
+
+    def test_methods_and_properties_named_like_options_are_left_alone(self) -> None:
+        """Only plain values are options: a property of an option's name is not taken as a default."""
+
+        class Computed(trioflow.Node):
+            @property
+            def durable(self) -> bool:  # type: ignore[override]
+                return False
+
+        with pytest.raises(AttributeError):
+            Computed()
+
+    async def test_class_attribute_version_changes_a_durable_runs_keys(self, tmp_path: Path) -> None:
+        """A version bumped in the class body makes a durable run redo its items, not replay the old results."""
+        calls: list[int] = []
+
+        def make(bumped: str, factor: int) -> trioflow.ParallelBatchNode:
+            class Mult(trioflow.ParallelBatchNode):
+                version = bumped
+
+                def prep(self, shared: dict[str, Any]) -> list[int]:
+                    return [1, 2, 3]
+
+                async def exec(self, item: int) -> int:
+                    calls.append(item)
+                    return item * factor
+
+                def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[int]) -> None:
+                    shared["out"] = exec_res
+
+            return Mult()
+
+        shared: dict[str, Any] = {}
+        await make("1", 10).run(shared, store=tmp_path / "s.db", run_id="r")
+        await make("1", 10).run(shared, store=tmp_path / "s.db", run_id="r")  # replayed: no exec
+        assert shared["out"] == [10, 20, 30] and sorted(calls) == [1, 2, 3]
+        await make("2", 100).run(shared, store=tmp_path / "s.db", run_id="r")
+        assert shared["out"] == [100, 200, 300] and sorted(calls) == [1, 1, 2, 2, 3, 3]
 
 
 class TestWiring:

@@ -71,14 +71,16 @@ def run(flow_or_node: Node, shared: Any, *, store: Any = None, run_id: str | Non
     try:
         trio.lowlevel.current_trio_token()
     except RuntimeError:
-        pass  # not in a Trio run: start one below, outside this handler (or every error would say so)
+        inside = False
     else:
-        name = type(flow_or_node).__name__
-        raise RuntimeError(
-            f"trioflow.run({name}, ...) was called inside a running Trio program; trioflow.run starts "
-            f"one (trio.run) for synchronous code. Inside async code, await the flow instead: "
-            f"`await flow.run(shared)`"
-        )
-    if store is None and run_id is None:
-        return trio.run(flow_or_node.run, shared)
-    return trio.run(functools.partial(flow_or_node.run, shared, store=store, run_id=run_id))
+        inside = True
+    if not inside:  # trio.run outside the handler: the run's own errors get no unrelated __context__
+        if store is None and run_id is None:
+            return trio.run(flow_or_node.run, shared)
+        return trio.run(functools.partial(flow_or_node.run, shared, store=store, run_id=run_id))
+    name = type(flow_or_node).__name__
+    raise RuntimeError(
+        f"trioflow.run({name}, ...) was called inside a running Trio program; trioflow.run starts "
+        f"one (trio.run) for synchronous code. Inside async code, await the flow instead: "
+        f"`await flow.run(shared)`"
+    )

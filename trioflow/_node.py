@@ -154,6 +154,40 @@ def check_action(node: object, action: object) -> str | None:
     raise TypeError(f"{node_name(node)}.post returned {action!r}; an action must be a str or None")
 
 
+def _class_defaults_of(cls: type) -> dict[str, Any]:
+    """The constructor arguments ``cls`` and its bases set as plain class attributes.
+
+    ``class Embed(ParallelBatchNode): max_concurrency = 16`` reads as a default, as it
+    would in most Python classes; attrs alone would let the constructor's own default
+    shadow it.  A method or property of an option's name is not a value, and is left
+    alone.  (An attrs subclass that redeclares a field drops it again: see
+    ``Node.__attrs_init_subclass__``.)
+    """
+    defaults: dict[str, Any] = {}
+    for base in reversed(cls.__mro__[1:]):
+        defaults.update(getattr(base, "_class_defaults", {}))
+    fields = {field.alias or field.name for field in getattr(cls, "__attrs_attrs__", ()) if field.init}
+    for name, value in cls.__dict__.items():
+        if name in fields and not callable(value) and not hasattr(value, "__get__"):
+            defaults[name] = value
+    return defaults
+
+
+def _taking_class_defaults(init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` (an attrs constructor) with the class attributes of ``type(self)`` as defaults."""
+
+    @functools.wraps(init)
+    def __init__(self: Node, *args: Any, **kwargs: Any) -> None:
+        defaults = type(self)._class_defaults
+        if defaults:
+            for name, value in defaults.items():
+                if name not in kwargs:  # a dict or list default is copied per instance, as a factory would
+                    kwargs[name] = value.copy() if type(value) in (dict, list) else value
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
 @attrs.define(slots=False, eq=False, kw_only=True)
 class Node:
     """One step: ``prep(shared) -> exec(prep_res) -> post(shared, prep_res, exec_res)``.
@@ -219,9 +253,22 @@ class Node:
     #: function, so a flow yields itself only at the steps of nodes that have none.
     _has_async_method: ClassVar[bool] = False
 
+    #: Constructor arguments given as class attributes (``class Embed(ParallelBatchNode):
+    #: max_concurrency = 16``), by name: the defaults of this class's constructor.
+    _class_defaults: ClassVar[dict[str, Any]] = {}
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._has_async_method = any(inspect.iscoroutinefunction(getattr(cls, m)) for m in ("prep", "exec", "post"))
+        cls._class_defaults = _class_defaults_of(cls)
+
+    @classmethod
+    def __attrs_init_subclass__(cls) -> None:
+        # attrs made this subclass a constructor of its own: it takes the class attributes too,
+        # except for the fields this class declares (each has its own default now).
+        own = {field.name for field in attrs.fields(cls) if not field.inherited}
+        cls._class_defaults = {name: value for name, value in cls._class_defaults.items() if name not in own}
+        cls.__init__ = _taking_class_defaults(cls.__init__)  # type: ignore[method-assign]
 
     # -- the user's methods ----------------------------------------------------
 
@@ -474,6 +521,9 @@ class Node:
         if recorder is not None:
             recorder.finished()
         return box[0]
+
+
+Node.__init__ = _taking_class_defaults(Node.__init__)  # type: ignore[method-assign]
 
 
 @functools.lru_cache(maxsize=256)
