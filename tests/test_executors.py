@@ -335,7 +335,8 @@ class TestProcesses:
         assert (item, attempt) == ("a", 1) and pid != os.getpid()
         (error,) = seen.retried
         assert isinstance(error, WorkerDiedError)
-        assert "killed by SIGKILL" in str(error)
+        assert str(error) == "Retried: a worker process died (killed by SIGKILL) while running exec"
+        assert not getattr(error, "__notes__", None)  # a signal is no missing __main__ guard: no hint about one
 
     async def test_Processes_worker_death_without_retries_fails_the_batch(self, warm_processes: Processes) -> None:
         """With one attempt, the dead worker's WorkerDiedError is the item's failure in the BatchError."""
@@ -343,6 +344,67 @@ class TestProcesses:
         with pytest.raises(trioflow.BatchError) as caught:
             await node.run({"items": ["a"]})
         assert [type(leaf) for leaf in leaves(caught.value)] == [WorkerDiedError]
+
+
+#: A script that runs a batch on Processes; ``{run}`` is its last line(s): guarded or not.
+SCRIPT = """\
+import os
+
+import trioflow
+from trioflow.executors import Processes
+
+
+class {name}(trioflow.ParallelBatchNode):
+    def prep(self, shared):
+        return shared["items"]
+
+    def exec(self, item):
+        {body}
+
+    def post(self, shared, prep_res, exec_res):
+        shared["results"] = exec_res
+
+
+{run}
+"""
+
+
+async def run_script(tmp_path: Path, name: str, body: str, run: str) -> tuple[int, str]:
+    """Run a script file with this interpreter (60 s at most): its exit code and its stderr."""
+    path = tmp_path / f"{name.lower()}.py"
+    path.write_text(SCRIPT.format(name=name, body=body, run=run))
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, str(path)], cwd=tmp_path, capture_stdout=True, capture_stderr=True, check=False
+        )
+    return done.returncode, done.stderr.decode()
+
+
+GO = 'trioflow.run({name}(executor=Processes(max_workers=1)), {{"items": [1, 2, 3]}})'
+
+
+class TestWorkerDeath:
+    async def test_Processes_script_without_main_guard_says_to_add_it(self, tmp_path: Path) -> None:
+        """A script with no ``__main__`` guard: a short error naming the node, the script's line and the fix."""
+        code, stderr = await run_script(tmp_path, "Square", "return item * item", GO.format(name="Square"))
+        assert code == 1
+        assert "Square: a worker process died (exit code 1) while running exec" in stderr
+        line = SCRIPT.splitlines().index("{run}") + 1
+        assert f'square.py starts this run at line {line}, outside an `if __name__ == "__main__":` block' in stderr
+        # The worker says what happened there, in place of multiprocessing's bootstrapping RuntimeError.
+        assert "Square: this worker process is re-running the main module" in stderr
+        assert "bootstrapping phase" not in stderr
+        # Two tracebacks (the worker's, the script's) of about 50 lines each; this script printed 187 before.
+        assert len(stderr.splitlines()) < 150, stderr
+
+    async def test_Processes_worker_exit_names_the_node_and_the_exit_code(self, tmp_path: Path) -> None:
+        """A worker that exits under exec in a guarded script: the node, the exit code, the guard only as a maybe."""
+        run = 'if __name__ == "__main__":\n    ' + GO.format(name="Exit3")
+        code, stderr = await run_script(tmp_path, "Exit3", "os._exit(3)", run)
+        assert code == 1
+        assert "Exit3: a worker process died (exit code 3) while running exec" in stderr
+        assert 'A common cause: a script without an `if __name__ == "__main__":` guard' in stderr
+        assert "starts this run at line" not in stderr
 
 
 class TestFlows:

@@ -55,16 +55,19 @@ The protocol the engine calls (a custom executor implements it):
 
 from __future__ import annotations
 
+import ast
 import copy
 import importlib
 import importlib.util
 import os
 import pickle
 import signal
+import sys
 import types
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import CancelledError as FutureCancelled
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -88,6 +91,20 @@ class WorkerDiedError(Exception):
     is a failure like any other: the node's retry policy tries it again (on
     a fresh worker), then ``exec_fallback`` decides.  The original error is
     its ``__cause__``.
+
+    From :class:`Processes`, a worker that exited (rather than being killed
+    by a signal) carries a note about the ``if __name__ == "__main__":``
+    guard: without it, every spawned worker re-runs the script, starts the
+    run again and dies (exit code 1).  The note says so plainly when the
+    main script is seen to start the run outside the guard, and names it
+    only as a common cause otherwise.
+
+    Example::
+
+        try:
+            trioflow.run(flow, shared)
+        except* trioflow.WorkerDiedError as group:
+            print(group.exceptions[0])  # Resize: a worker process died (exit code 1) while running exec
     """
 
 
@@ -329,7 +346,10 @@ class Processes:
     a segfault) is a :class:`WorkerDiedError`, retried by the node's policy.
     As with any ``multiprocessing`` code, a script that runs a batch must
     keep its top level under ``if __name__ == "__main__":`` (the workers
-    import the main module).
+    import the main module).  Without it, a worker re-running the script
+    stops at the batch with a ``RuntimeError`` that says so, and the run in
+    the main process fails with a :class:`WorkerDiedError` (exit code 1)
+    whose note names the script's line outside the guard.
 
     Example::
 
@@ -363,6 +383,8 @@ class Processes:
     def bind(self, owner: str, fn: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
         """``fn`` in a worker process; the node is pickled (and checked) here, once."""
         trio_parallel = _require("trio_parallel", "trio-parallel", "processes", "trioflow.executors.Processes")
+        if _importing_main_in_worker():
+            raise RuntimeError(_rerun_message(owner))
         shipped = ship(owner, fn)
         limiter = _per_run_limiter(self._limiters, self.size)
         run_sync = trio_parallel.run_sync
@@ -374,14 +396,31 @@ class Processes:
             try:
                 return await run_sync(run_shipped, shipped, job, kill_on_cancel=kill, limiter=limiter)
             except broken as exc:
-                raise WorkerDiedError(f"{owner}: the worker process running exec died ({_how_it_died(exc)})") from exc
+                raise _worker_died(owner, exc) from exc
 
         return in_process
 
 
-def _how_it_died(exc: BaseException) -> str:
-    """A dead worker's exit, in words: ``killed by SIGKILL``, ``exit code 3``."""
+# -- a dead worker process, and the script without ``if __name__ == "__main__":`` ------
+
+
+def _worker_died(owner: str, exc: BaseException) -> WorkerDiedError:
+    """The error for trio-parallel's ``BrokenWorkerError``: how the worker ended, and what may have done it.
+
+    An exit (not a signal) gets a note about the ``__main__`` guard: a script
+    without one is the usual way a newcomer's workers die, and the exit code
+    (1, an uncaught error) says nothing of it.  When the main module is seen
+    to start this run outside the guard, the note says so plainly.
+    """
     code = next((getattr(arg, "exitcode", None) for arg in reversed(exc.args) if hasattr(arg, "exitcode")), None)
+    error = WorkerDiedError(f"{owner}: a worker process died ({_how_it_died(code, exc)}) while running exec")
+    if code is None or code >= 0:
+        error.add_note(_guard_note())
+    return error
+
+
+def _how_it_died(code: int | None, exc: BaseException) -> str:
+    """A dead worker's exit, in words: ``killed by SIGKILL``, ``exit code 3``."""
     if code is None:
         return str(exc) or "no exit code"
     if code < 0:
@@ -390,6 +429,86 @@ def _how_it_died(exc: BaseException) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
+
+
+_GUARD = '`if __name__ == "__main__":`'
+
+
+def _guard_note() -> str:
+    try:
+        start = _unguarded_start()
+    except Exception:  # pragma: no cover - a hint must never hide the worker's death
+        start = None
+    if start is not None:
+        path, line = start
+        return (
+            f"The main module {path} starts this run at line {line}, outside an {_GUARD} block. Python's spawn "
+            "start method re-runs the main module in every worker process, so each worker started the run again "
+            f"and died (its error is printed above). Put the script's top-level code under {_GUARD}."
+        )
+    return (
+        f"A common cause: a script without an {_GUARD} guard (Python's spawn start method re-runs the main "
+        "module in every worker process, which then starts the run again and dies; its error is printed above). "
+        "Otherwise exec ended the process (os._exit, a crash in C code) or the OS did (out of memory)."
+    )
+
+
+def _unguarded_start() -> tuple[str, int] | None:
+    """The main script's file and line that started this run, if that line is outside the ``__main__`` guard.
+
+    Walks this thread's frames (in a Trio run they go back through
+    ``trio.run`` to its caller) to the main module's top-level code, then
+    reads the script: the line counts as guarded when any ``if`` around it
+    tests ``__name__``.  None when it cannot tell (no script file, the run
+    started in another thread, the source unreadable): then the note names
+    the guard only as a common cause.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or not getattr(main, "__file__", None):
+        return None  # python -c, a REPL, a notebook: spawn has no main module to re-run
+    frame: types.FrameType | None = sys._getframe()
+    while frame is not None and not (frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)):
+        frame = frame.f_back
+    if frame is None:
+        return None
+    path, line = frame.f_code.co_filename, frame.f_lineno
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    around = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.stmt) and node.lineno <= line <= (node.end_lineno or node.lineno)
+    ]
+    if not around or any(isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) for node in around):
+        return None  # the file changed since it ran
+    if any(isinstance(node, ast.If) and _tests_name(node.test) for node in around):
+        return None
+    return path, line
+
+
+def _tests_name(test: ast.expr) -> bool:
+    return any(isinstance(node, ast.Name) and node.id == "__name__" for node in ast.walk(test))
+
+
+def _importing_main_in_worker() -> bool:
+    """True in a spawned process while it imports the main module (multiprocessing's own test, its ``_inheriting``)."""
+    import multiprocessing
+
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
+def _rerun_message(owner: str) -> str:
+    # While spawn re-runs the script, it is ``__mp_main__`` (``__main__`` is the worker's own).
+    main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    script = f" {path}" if path else ""
+    return (
+        f"{owner}: this worker process is re-running the main module{script} (Python's spawn start method "
+        f"imports it in every worker process of a Processes executor), and that module starts a run when "
+        f"imported. Put the script's top-level code under {_GUARD}, so only the main process runs it."
+    )
 
 
 @attrs.define(eq=False, frozen=True)
