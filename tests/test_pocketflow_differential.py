@@ -21,6 +21,7 @@ caller) must be PocketFlow's too.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import warnings
 from dataclasses import dataclass
@@ -331,9 +332,38 @@ _NESTED_LOOPING_PARALLEL_FLOWS = FlowSpec(
 )
 
 
+# A parallel flow whose sub-runs fail at their last step: PocketFlow's third sub-run still
+# reaches the end of its inner BatchFlow (and warns) after the first failure; here it is cancelled.
+_FAILED_PARALLEL_FLOW_SIBLING_WARNS = FlowSpec(
+    kind="AsyncFlow",
+    nodes=(
+        FlowSpec(
+            kind="AsyncParallelBatchFlow",
+            nodes=(
+                FlowSpec(
+                    kind="BatchFlow",
+                    nodes=(NodeSpec("Node", 0, fails=(0,), fallback="reraise", actions=(None,), items=0, delays=(0,)),),
+                    edges=((0, "default", 0),),
+                    param_sets=1,
+                ),
+                NodeSpec("Node", 0, fails=(0,), fallback="reraise", actions=(None,), items=0, delays=(0,)),
+                NodeSpec("Node", 0, fails=(0,), fallback="reraise", actions=(None,), items=0, delays=(0,)),
+                NodeSpec("Node", 1, fails=(1,), fallback="reraise", actions=(None,), items=0, delays=(0,)),
+            ),
+            edges=((0, "default", 3),),
+            param_sets=3,
+        ),
+    ),
+    edges=(),
+    param_sets=0,
+)
+
+
 @given(spec=programs, loop=st.sampled_from(sorted(LOOPS)))
 @example(spec=_NESTED_LOOPING_PARALLEL_FLOWS, loop="asyncio")
 @example(spec=_NESTED_LOOPING_PARALLEL_FLOWS, loop="trio-asyncio")
+@example(spec=_FAILED_PARALLEL_FLOW_SIBLING_WARNS, loop="asyncio")
+@example(spec=_FAILED_PARALLEL_FLOW_SIBLING_WARNS, loop="trio-asyncio")
 def test_random_programs_behave_as_on_pocketflow(spec: FlowSpec, loop: str) -> None:
     """Shared store, action, warnings and exception of a random program equal real PocketFlow's."""
     note(repr(spec))
@@ -347,6 +377,13 @@ def test_random_programs_behave_as_on_pocketflow(spec: FlowSpec, loop: str) -> N
     event("raised" if "error" in theirs else "returned")
     if "shared" not in theirs:
         ours.pop("shared", None)
+    if "error" in theirs and _has_parallel_flow(spec):
+        # The failed parallel flow's siblings run on in PocketFlow (a warning each when they end
+        # on an action with no successor) and are cancelled here: every warning of ours must be
+        # one of PocketFlow's, and PocketFlow may have more.
+        event("warnings compared as a sub-multiset")
+        mine, real_ones = collections.Counter(ours.pop("warnings")), collections.Counter(theirs.pop("warnings"))
+        assert mine <= real_ones, (mine, real_ones)
     if _parallel_flow_under_parallel_flow(spec) and "shared" in theirs:
         # Sub-flows of *different* parallel flows that run at once interleave as asyncio's
         # scheduler happens to order their tasks: PocketFlow promises no order between them,
