@@ -734,8 +734,24 @@ def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
-def _table(out: IO[str], title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], rich: bool) -> None:
-    """Rows as a rich table on a terminal (if rich is installed), else as aligned plain text."""
+def _count(n: int, noun: str) -> str:
+    """``no runs``, ``1 run``, ``2 runs``."""
+    return f"{n or 'no'} {noun}{'' if n == 1 else 's'}"
+
+
+def _table(
+    out: IO[str], title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], rich: bool, empty: str = ""
+) -> None:
+    """Rows as a rich table on a terminal (if rich is installed), else as aligned plain text.
+
+    With no rows there is no table, on a terminal or not: the title, then ``empty`` if given
+    (the title may say it already: "no runs in runs.db").
+    """
+    if not rows:
+        print(title, file=out)
+        if empty:
+            print(empty, file=out)
+        return
     if rich:
         try:
             from rich.console import Console
@@ -782,7 +798,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
                 for r in runs
             ]
             headers = ["run", "status", "gen", "batches", "done", "failed", "steps", "updated"]
-            _table(out, f"{len(runs)} run{'s' if len(runs) != 1 else ''} in {store.path}", headers, rows, rich)
+            _table(out, f"{_count(len(runs), 'run')} in {store.path}", headers, rows, rich)
         elif args.command == "show":
             runs = [r for r in store.runs() if r.run_id == args.run]
             if not runs:
@@ -796,9 +812,11 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
                  str(n.stale)]
                 for n in store.nodes(args.run)
             ]
-            _table(out, title, ["batch", "version", "gen", "finished", "done", "failed", "stale"], nodes, rich)
+            headers = ["batch", "version", "gen", "finished", "done", "failed", "stale"]
+            _table(out, title, headers, nodes, rich, empty="no batches recorded")
             steps = [[str(s.seq), s.node, repr(s.action), s.keys or "-", _when(s.at)] for s in store.steps(args.run)]
-            _table(out, f"{len(steps)} steps recorded", ["step", "node", "action", "changed", "at"], steps, rich)
+            _table(out, f"{_count(len(steps), 'step')} recorded", ["step", "node", "action", "changed", "at"], steps,
+                   rich)
         elif args.command == "forget":
             if not store.forget(args.run):
                 print(f"no run {args.run!r} in {store.path}", file=sys.stderr)
