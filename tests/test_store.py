@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -1021,6 +1022,50 @@ class TestStoreCommandLine:
             lines = out.getvalue().splitlines()
             assert lines[0].startswith("run 'r': interrupted, generation 1, 0 done, 0 failed")
             assert lines[1:] == ["no batches recorded", "no steps recorded"]
+
+    def test_main_says_a_run_whose_process_on_this_host_is_gone_was_interrupted(self, tmp_path: Path) -> None:
+        """A lease held by a dead pid of this host (kill -9): list and show say interrupted and name the pid."""
+        path = tmp_path / "s.db"
+        trioflow.run(echo(Calls()), {"items": [1]}, store=path, run_id="r")
+        pid = dead_pid()
+        hold_lease(path, f"{os.uname().nodename}:{pid}:dead", 1e12)
+        out = io.StringIO()
+        assert main([str(path)], out=out) == 0
+        assert f"r    interrupted (process {pid} is gone)  1" in out.getvalue()
+        out = io.StringIO()
+        assert main([str(path), "show", "r"], out=out) == 0
+        assert out.getvalue().startswith(f"run 'r': interrupted (process {pid} is gone), generation 1, 1 done")
+
+    def test_main_says_a_run_of_a_live_process_on_this_host_is_running(self, tmp_path: Path) -> None:
+        """A lease held by a live pid of this host (this test's own): running, with the pid; stalled once the
+        lease ran out (the process no longer renews it, so another run may take it over)."""
+        path = tmp_path / "s.db"
+        trioflow.run(echo(Calls()), {"items": [1]}, store=path, run_id="r")
+        hold_lease(path, f"{os.uname().nodename}:{os.getpid()}:live", 1e12)
+        out = io.StringIO()
+        assert main([str(path)], out=out) == 0
+        assert f"r    running (pid {os.getpid()})  1" in out.getvalue()
+        out = io.StringIO()
+        assert main([str(path), "show", "r"], out=out) == 0
+        assert out.getvalue().startswith(f"run 'r': running (pid {os.getpid()}), generation 1")
+        hold_lease(path, f"{os.uname().nodename}:{os.getpid()}:live", 1.0)
+        out = io.StringIO()
+        assert main([str(path)], out=out) == 0
+        assert f"r    stalled (pid {os.getpid()}: its lease ran out)  1" in out.getvalue()
+
+    def test_main_says_a_run_of_another_host_may_be_running_until_its_lease_runs_out(self, tmp_path: Path) -> None:
+        """Another host's process cannot be looked at: "may be running" while its lease lasts, then interrupted."""
+        path = tmp_path / "s.db"
+        trioflow.run(echo(Calls()), {"items": [1]}, store=path, run_id="r")
+        hold_lease(path, "elsewhere:1:x", time.time() + 3600)
+        out = io.StringIO()
+        assert main([str(path)], out=out) == 0
+        assert re.search(r"r    may be running \(elsewhere:1:x on another host; its lease runs 3[56]\d\d s more\)",
+                         out.getvalue())
+        hold_lease(path, "elsewhere:1:x", 1.0)
+        out = io.StringIO()
+        assert main([str(path)], out=out) == 0
+        assert "r    interrupted (the lease of elsewhere:1:x ran out)  1" in out.getvalue()
 
 
 class TestReadmeGuide:
