@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pocketflow
@@ -184,6 +185,19 @@ class TestRun:
         assert trioflow.run(trioflow.Flow(start=a), shared) == "end"
         assert shared["ran"] == ["Echo", "Last"]
         assert trioflow.run(Last(), {}) == "end"
+
+    @pytest.mark.parametrize("durable", [False, True])
+    def test_run_error_has_no_unrelated_context(self, durable: bool, tmp_path: Path) -> None:
+        """An error from the run leaves trioflow.run with no __context__ from its inside-Trio check."""
+
+        class Fails(Echo):
+            def exec(self, prep_res: Any) -> None:
+                raise KeyError("boom")
+
+        options: dict[str, Any] = {"store": tmp_path / "s.db", "run_id": "r"} if durable else {}
+        with pytest.raises(KeyError) as info:
+            trioflow.run(Fails(), {}, **options)
+        assert info.value.__context__ is None
 
     def test_run_rejects_a_non_node(self) -> None:
         """trioflow.run says what it got when it is not a node."""

@@ -71,6 +71,10 @@ def run(flow_or_node: Node, shared: Any, *, store: Any = None, run_id: str | Non
     try:
         trio.lowlevel.current_trio_token()
     except RuntimeError:
+        inside = False
+    else:
+        inside = True
+    if not inside:  # trio.run outside the handler: the run's own errors get no unrelated __context__
         if store is None and run_id is None:
             return trio.run(flow_or_node.run, shared)
         return trio.run(functools.partial(flow_or_node.run, shared, store=store, run_id=run_id))
