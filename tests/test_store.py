@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,20 @@ def rows(path: Path, sql: str, *args: Any) -> list[Any]:
     """Read the store with a connection of our own, as another process would."""
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         return db.execute(sql, args).fetchall()
+
+
+def dead_pid() -> int:
+    """The pid of a process of this host that has exited and been waited for."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, timeout=60, check=True
+    )
+    return int(done.stdout)
+
+
+def hold_lease(path: Path, owner: str, until: float) -> None:
+    """Make every run of the store look held by ``owner`` until ``until`` (as a process that died would leave it)."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE runs SET owner = ?, lease_until = ?, status = 'running'", (owner, until))
 
 
 def recorded_keys(path: Path, run_id: str, status: int = 0) -> set[str]:
@@ -181,10 +196,7 @@ class TestLease:
         path = tmp_path / "runs.db"
         calls = Calls()
         trioflow.run(echo(calls), {"items": [1]}, store=path, run_id="r")
-        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-        owner = f"{os.uname().nodename}:{int(dead.stdout)}:dead"
-        with contextlib.closing(sqlite3.connect(path)) as db, db:
-            db.execute("UPDATE runs SET owner = ?, lease_until = 1e12, status = 'running'", (owner,))
+        hold_lease(path, f"{os.uname().nodename}:{dead_pid()}:dead", 1e12)
         trioflow.run(echo(calls), {"items": [1, 2]}, store=path, run_id="r")
         assert calls == [1, 2]  # 1 was recorded: only 2 ran again
 
@@ -905,6 +917,13 @@ class TestRunAPI:
 # -- the command line -------------------------------------------------------------------------------------
 
 
+class Terminal(io.StringIO):
+    """An output that says it is a terminal (what the command line draws rich tables on)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 class TestStoreCommandLine:
     def test_main_lists_shows_forgets_and_prunes_in_plain_text(self, tmp_path: Path) -> None:
         """Off a terminal: aligned plain text with the run's status, batches, done/failed counts and steps."""
@@ -963,6 +982,90 @@ class TestStoreCommandLine:
         for command in ([], ["prune"], ["forget", "r"]):
             assert main([str(tmp_path / "missing.db"), *command], out=io.StringIO()) == 1
         assert not (tmp_path / "missing.db").exists()  # looking into a store never creates one
+
+
+    def test_main_lists_an_empty_store_and_a_store_whose_last_run_was_forgotten(self, tmp_path: Path) -> None:
+        """No runs: a sentence saying so (no table), exit code 0, the same on a terminal and off it."""
+        path = tmp_path / "s.db"
+        SQLiteStore(path).open().close()
+        for out in (io.StringIO(), Terminal()):
+            assert main([str(path)], out=out) == 0
+            assert out.getvalue() == f"no runs in {path}\n"
+        trioflow.run(echo(Calls()), {"items": [1]}, store=path, run_id="r")
+        assert main([str(path), "forget", "r"], out=io.StringIO()) == 0
+        for out in (io.StringIO(), Terminal()):
+            assert main([str(path), "list"], out=out) == 0
+            assert out.getvalue() == f"no runs in {path}\n"
+
+    def test_main_shows_a_run_interrupted_in_its_first_step_with_no_steps_recorded(self, tmp_path: Path) -> None:
+        """show of a run cancelled in its first step: the run's line, its batches, and "no steps recorded"."""
+        path = tmp_path / "s.db"
+        run_pipeline(path, [], stop_in="A")
+        assert rows(path, "SELECT COUNT(*) FROM steps") == [(0,)]
+        out = io.StringIO()
+        assert main([str(path), "show", "p"], out=out) == 0
+        shown = out.getvalue()
+        assert shown.startswith("run 'p': interrupted, generation 1, 0 done, 0 failed")
+        assert "\nFlow/A_1 " in shown and shown.endswith("\nno steps recorded\n")  # the interrupted step's batch
+        terminal = Terminal()
+        assert main([str(path), "show", "p"], out=terminal) == 0
+        assert "│" in terminal.getvalue() and terminal.getvalue().endswith("\nno steps recorded\n")
+
+    def test_main_shows_a_run_without_batches_or_steps(self, tmp_path: Path) -> None:
+        """A run killed before it recorded anything: "no batches recorded" and "no steps recorded"."""
+        path = tmp_path / "s.db"
+        with contextlib.closing(SQLiteStore(path).open()) as conn:
+            conn.lease("r", "elsewhere:1:x", 60)
+            conn.release("r", "elsewhere:1:x", "interrupted")
+        for out in (io.StringIO(), Terminal()):
+            assert main([str(path), "show", "r"], out=out) == 0
+            lines = out.getvalue().splitlines()
+            assert lines[0].startswith("run 'r': interrupted, generation 1, 0 done, 0 failed")
+            assert lines[1:] == ["no batches recorded", "no steps recorded"]
+
+    def test_main_says_a_run_whose_process_on_this_host_is_gone_was_interrupted(self, tmp_path: Path) -> None:
+        """A lease held by a dead pid of this host (kill -9): list and show say interrupted and name the pid."""
+        path = tmp_path / "s.db"
+        trioflow.run(echo(Calls()), {"items": [1]}, store=path, run_id="r")
+        pid = dead_pid()
+        hold_lease(path, f"{os.uname().nodename}:{pid}:dead", 1e12)
+        out = io.StringIO()
+        assert main([str(path)], out=out) == 0
+        assert f"r    interrupted (process {pid} is gone)  1" in out.getvalue()
+        out = io.StringIO()
+        assert main([str(path), "show", "r"], out=out) == 0
+        assert out.getvalue().startswith(f"run 'r': interrupted (process {pid} is gone), generation 1, 1 done")
+
+    def test_main_says_a_run_of_a_live_process_on_this_host_is_running(self, tmp_path: Path) -> None:
+        """A lease held by a live pid of this host (this test's own): running, with the pid; stalled once the
+        lease ran out (the process no longer renews it, so another run may take it over)."""
+        path = tmp_path / "s.db"
+        trioflow.run(echo(Calls()), {"items": [1]}, store=path, run_id="r")
+        hold_lease(path, f"{os.uname().nodename}:{os.getpid()}:live", 1e12)
+        out = io.StringIO()
+        assert main([str(path)], out=out) == 0
+        assert f"r    running (pid {os.getpid()})  1" in out.getvalue()
+        out = io.StringIO()
+        assert main([str(path), "show", "r"], out=out) == 0
+        assert out.getvalue().startswith(f"run 'r': running (pid {os.getpid()}), generation 1")
+        hold_lease(path, f"{os.uname().nodename}:{os.getpid()}:live", 1.0)
+        out = io.StringIO()
+        assert main([str(path)], out=out) == 0
+        assert f"r    stalled (pid {os.getpid()}: its lease ran out)  1" in out.getvalue()
+
+    def test_main_says_a_run_of_another_host_may_be_running_until_its_lease_runs_out(self, tmp_path: Path) -> None:
+        """Another host's process cannot be looked at: "may be running" while its lease lasts, then interrupted."""
+        path = tmp_path / "s.db"
+        trioflow.run(echo(Calls()), {"items": [1]}, store=path, run_id="r")
+        hold_lease(path, "elsewhere:1:x", time.time() + 3600)
+        out = io.StringIO()
+        assert main([str(path)], out=out) == 0
+        assert re.search(r"r    may be running \(elsewhere:1:x on another host; its lease runs 3[56]\d\d s more\)",
+                         out.getvalue())
+        hold_lease(path, "elsewhere:1:x", 1.0)
+        out = io.StringIO()
+        assert main([str(path)], out=out) == 0
+        assert "r    interrupted (the lease of elsewhere:1:x ran out)  1" in out.getvalue()
 
 
 class TestReadmeGuide:

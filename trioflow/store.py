@@ -186,6 +186,7 @@ class RunInfo:
     steps: int
     created: float
     updated: float
+    lease_until: float | None = None  # while a process holds the run: when its lease runs out unless renewed
 
 
 @attrs.frozen
@@ -312,13 +313,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _holder_gone(holder: str, until: float | None, now: float) -> bool:
-    """Whether the lease ``holder`` had can be taken over: it ran out, or its process died."""
-    if until is None or now > until:
-        return True
-    host, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
-    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+@attrs.frozen
+class _Holder:
+    """What this host can tell of the process holding a lease (see :func:`_holder`)."""
+
+    pid: int | None
+    alive: bool | None  # None: another host's process (or no pid in the owner), which cannot be looked at
+    ran_out: bool  # the lease was not renewed in time
+
+    @property
+    def gone(self) -> bool:
+        """The lease can be taken over: it ran out, or its process on this host died."""
+        return self.ran_out or self.alive is False
+
+
+def _holder(owner: str, until: float | None, now: float) -> _Holder:
+    """The holder of the lease ``owner`` (``host:pid:token``) took until ``until``, as seen at ``now``.
+
+    The one reading of a lease: taking it over (:meth:`SQLiteConnection.lease`, ``forget``) and
+    the command line's status of a run both go by it.
+    """
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    pid = int(pid_text) if pid_text.isdigit() else None
+    alive = _alive(pid) if pid is not None and host == socket.gethostname() else None
+    return _Holder(pid=pid, alive=alive, ran_out=until is None or now > until)
 
 
 # -- SQLite ------------------------------------------------------------------------------------------------
@@ -435,7 +454,7 @@ SELECT r.run_id, r.status, r.gen, r.owner,
        (SELECT COUNT(*) FROM results x JOIN nodes n USING (node_id) WHERE n.run_id = r.run_id AND x.status = 0),
        (SELECT COUNT(*) FROM results x JOIN nodes n USING (node_id) WHERE n.run_id = r.run_id AND x.status = 1),
        (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.run_id AND s.gen = r.gen),
-       r.created, r.updated
+       r.created, r.updated, r.lease_until
 FROM runs r ORDER BY r.updated DESC
 """
 
@@ -550,7 +569,7 @@ class SQLiteConnection:
                     )
                     return Lease(gen=1, resumed=False, fresh=True)
                 gen, status, holder, until = row
-                if holder is not None and holder != owner and not _holder_gone(holder, until, now):
+                if holder is not None and holder != owner and not _holder(holder, until, now).gone:
                     raise LeaseError(
                         f"store {self.store.path}: run {run_id!r} is being run by another process ({holder}; its "
                         f"lease runs {until - now:.0f} s more unless renewed): one process per run_id at a time, "
@@ -687,7 +706,7 @@ class SQLiteConnection:
         try:
             with self._transaction():
                 row = self.db.execute("SELECT owner, lease_until FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-                if row is not None and row[0] is not None and not _holder_gone(row[0], row[1], time.time()):
+                if row is not None and row[0] is not None and not _holder(row[0], row[1], time.time()).gone:
                     raise LeaseError(
                         f"store {self.store.path}: run {run_id!r} is being run by {row[0]}: stop it before "
                         "forgetting it"
@@ -734,8 +753,42 @@ def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
-def _table(out: IO[str], title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], rich: bool) -> None:
-    """Rows as a rich table on a terminal (if rich is installed), else as aligned plain text."""
+def _status(run: RunInfo, now: float) -> str:
+    """A run's status for people: for a run that is "running", whether its process still is.
+
+    A process of this host is looked at (a ``kill -9`` leaves its lease behind); one of
+    another host cannot be, so its run may be running until its lease runs out.
+    """
+    if run.owner is None:
+        return run.status
+    holder = _holder(run.owner, run.lease_until, now)
+    if holder.alive is False:
+        return f"interrupted (process {holder.pid} is gone)"
+    if holder.alive:  # and when it stopped renewing its lease (stopped with Ctrl-Z, hung), a run may take it over
+        return f"stalled (pid {holder.pid}: its lease ran out)" if holder.ran_out else f"running (pid {holder.pid})"
+    if run.lease_until is None or holder.ran_out:
+        return f"interrupted (the lease of {run.owner} ran out)"
+    return f"may be running ({run.owner} on another host; its lease runs {run.lease_until - now:.0f} s more)"
+
+
+def _count(n: int, noun: str) -> str:
+    """``no runs``, ``1 run``, ``2 runs``."""
+    return f"{n or 'no'} {noun}{'' if n == 1 else 's'}"
+
+
+def _table(
+    out: IO[str], title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], rich: bool, empty: str = ""
+) -> None:
+    """Rows as a rich table on a terminal (if rich is installed), else as aligned plain text.
+
+    With no rows there is no table, on a terminal or not: the title, then ``empty`` if given
+    (the title may say it already: "no runs in runs.db").
+    """
+    if not rows:
+        print(title, file=out)
+        if empty:
+            print(empty, file=out)
+        return
     if rich:
         try:
             from rich.console import Console
@@ -758,7 +811,11 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     """``python -m trioflow.store PATH [list | show RUN | forget RUN | prune]``; returns the exit code.
 
     ``list`` (the default): every run with its status, its batches, items done
-    and failed, steps recorded and last update.  ``show RUN``: each batch of
+    and failed, steps recorded and last update.  A run whose lease is held says
+    whether its process still is running: ``running (pid 1234)``, ``interrupted
+    (process 1234 is gone)`` after a ``kill -9`` on this host; a process of
+    another host cannot be looked at, so its run ``may be running`` until its
+    lease runs out.  ``show RUN``: each batch of
     the run (place, version, done, failed, stale) and its recorded steps.
     ``forget RUN``: delete the run.  ``prune``: drop what no run will use again.
     Plain text when the output is not a terminal, a rich table when it is.
@@ -775,30 +832,32 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     store = SQLiteStore(args.path)
     try:
         if args.command == "list":
-            runs = store.runs()
+            runs, now = store.runs(), time.time()
             rows = [
-                [r.run_id, r.status + (f" ({r.owner})" if r.owner else ""), str(r.gen), str(r.nodes), str(r.done),
-                 str(r.failed), str(r.steps), _when(r.updated)]
+                [r.run_id, _status(r, now), str(r.gen), str(r.nodes), str(r.done), str(r.failed), str(r.steps),
+                 _when(r.updated)]
                 for r in runs
             ]
             headers = ["run", "status", "gen", "batches", "done", "failed", "steps", "updated"]
-            _table(out, f"{len(runs)} run{'s' if len(runs) != 1 else ''} in {store.path}", headers, rows, rich)
+            _table(out, f"{_count(len(runs), 'run')} in {store.path}", headers, rows, rich)
         elif args.command == "show":
             runs = [r for r in store.runs() if r.run_id == args.run]
             if not runs:
                 print(f"no run {args.run!r} in {store.path}", file=sys.stderr)
                 return 1
             (run,) = runs
-            title = (f"run {run.run_id!r}: {run.status}, generation {run.gen}, {run.done} done, {run.failed} failed, "
-                     f"updated {_when(run.updated)}")
+            title = (f"run {run.run_id!r}: {_status(run, time.time())}, generation {run.gen}, {run.done} done, "
+                     f"{run.failed} failed, updated {_when(run.updated)}")
             nodes = [
                 [n.place, n.version or "-", str(n.gen), "yes" if n.finished else "no", str(n.done), str(n.failed),
                  str(n.stale)]
                 for n in store.nodes(args.run)
             ]
-            _table(out, title, ["batch", "version", "gen", "finished", "done", "failed", "stale"], nodes, rich)
+            headers = ["batch", "version", "gen", "finished", "done", "failed", "stale"]
+            _table(out, title, headers, nodes, rich, empty="no batches recorded")
             steps = [[str(s.seq), s.node, repr(s.action), s.keys or "-", _when(s.at)] for s in store.steps(args.run)]
-            _table(out, f"{len(steps)} steps recorded", ["step", "node", "action", "changed", "at"], steps, rich)
+            _table(out, f"{_count(len(steps), 'step')} recorded", ["step", "node", "action", "changed", "at"], steps,
+                   rich)
         elif args.command == "forget":
             if not store.forget(args.run):
                 print(f"no run {args.run!r} in {store.path}", file=sys.stderr)
