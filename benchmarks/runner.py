@@ -242,7 +242,7 @@ def parse_args(argv: list[str] | None, names: Sequence[str]) -> argparse.Namespa
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="mode", const="quick",
-                      help="a first look: smaller sizes, two or three minutes on 2 cores")
+                      help="a first look: smaller sizes, three or four minutes on 2 cores")
     size.add_argument("--smoke", action="store_const", dest="mode", const="smoke",
                       help="tiny sizes, a few seconds (the test suite runs this)")
     parser.add_argument("--scenario", action="append", choices=list(names), metavar="NAME",

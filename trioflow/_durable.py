@@ -78,9 +78,11 @@ if TYPE_CHECKING:
 FLUSH_SECONDS = 0.05
 #: ...and as soon as this many records are queued; one commit writes at most this many.
 FLUSH_ROWS = 4096
-#: Queued and uncommitted records at which a new item waits before it runs (memory stays bounded
-#: when the disk is slower than the run; what a crash can lose stays about one window).
-MAX_BACKLOG = 2 * FLUSH_ROWS
+#: Queued and uncommitted records at which a new item waits before it runs: memory stays bounded
+#: when the disk is slower than the run, and a crash loses at most one window of results (plus
+#: the items in flight).  Two windows let the run go on while a commit is under way, but measured
+#: no faster (5.5 against 5.3 µs an item for 200,000 trivial items) and a kill cost twice as much.
+MAX_BACKLOG = FLUSH_ROWS
 #: Seconds a lease lasts unless renewed; the writer renews it every quarter of that.
 LEASE_SECONDS = 60.0
 #: A batch replaying recorded items yields to Trio once per this many (a power of two).
