@@ -551,6 +551,81 @@ class TestClassAttributeOptions:
 
         assert (Styled().wait, Styled().max_retries) == (2.0, 3)
 
+    def test_slotted_attrs_subclass_takes_an_unannotated_option(self) -> None:
+        """An option in the body of an ``@attrs.define`` (slotted) subclass is its default, over its base's."""
+
+        class Base(trioflow.ParallelBatchNode):
+            max_concurrency = 16
+
+        @attrs.define
+        class Slotted(trioflow.ParallelBatchNode):
+            model: str = "x"
+            max_concurrency = 8
+
+        @attrs.define
+        class SlottedOverBase(Base):
+            max_concurrency = 8
+
+        assert Slotted().max_concurrency == 8 and Slotted().model == "x"
+        assert SlottedOverBase().max_concurrency == 8
+
+    def test_attrs_subclass_with_its_own_init_gets_the_options_through_attrs_init(self) -> None:
+        """An attrs subclass that writes its own ``__init__`` (calling ``__attrs_init__``) still constructs,
+        and the class-attribute options reach the node."""
+
+        class Base(trioflow.ParallelBatchNode):
+            version = "2"
+
+        @attrs.define(slots=False, eq=False, kw_only=True)
+        class OwnInit(Base):
+            model: str = "small"
+
+            def __init__(self, model: str) -> None:
+                self.__attrs_init__(model=model, max_concurrency=4)
+
+        node = OwnInit("big")
+        assert (node.model, node.version, node.max_concurrency) == ("big", "2", 4)
+
+    def test_option_values_that_are_classes_mixins_and_diamonds_resolve_as_python_does(self) -> None:
+        """``retry_on = ValueError`` (a class) is an option; a mixin's options count; in a diamond the
+        value is the one Python's attribute lookup gives."""
+
+        class Retrying:
+            max_retries = 5
+            wait = 1.0
+
+        class Call(Retrying, trioflow.Node):
+            retry_on = ValueError
+
+        class A(trioflow.Node):
+            wait = 1.0
+
+        class B(A):
+            pass
+
+        class M(A):
+            wait = 2.0
+
+        class C(B, M):
+            pass
+
+        assert (Call().max_retries, Call().wait, Call().retry_on) == (5, 1.0, (ValueError,))
+        assert C().wait == C.wait == 2.0
+
+    def test_flow_start_as_a_class_attribute_and_as_an_argument(self) -> None:
+        """A Flow subclass's ``start_node`` (or ``start``) in the class body is its default start; a start
+        given positionally wins without a "multiple values" error."""
+        first, second = A(), B()
+
+        class ByName(trioflow.Flow):
+            start_node = first
+
+        class ByAlias(trioflow.Flow):
+            start = first
+
+        assert ByName().start_node is first and ByAlias().start_node is first
+        assert ByName(second).start_node is second and ByAlias(second).start_node is second
+
     def test_methods_and_properties_named_like_options_are_left_alone(self) -> None:
         """Only plain values are options: a property of an option's name is not taken as a default."""
 

@@ -154,34 +154,63 @@ def check_action(node: object, action: object) -> str | None:
     raise TypeError(f"{node_name(node)}.post returned {action!r}; an action must be a str or None")
 
 
+def _is_option_value(value: Any) -> bool:
+    """Whether a class attribute is a value for an option: not a method, property or other
+    descriptor, nor an attrs field definition (``attrs.field(...)``, which attrs itself takes);
+    a class is a value (``retry_on = ValueError``)."""
+    if isinstance(value, type):
+        return True
+    return not callable(value) and not hasattr(value, "__get__") and not type(value).__module__.startswith("attr")
+
+
 def _class_defaults_of(cls: type) -> dict[str, Any]:
-    """The constructor arguments ``cls`` and its bases set as plain class attributes.
+    """The constructor arguments that ``cls`` and its bases set as plain class attributes, by alias.
 
     ``class Embed(ParallelBatchNode): max_concurrency = 16`` reads as a default, as it
     would in most Python classes; attrs alone would let the constructor's own default
-    shadow it.  A method or property of an option's name is not a value, and is left
-    alone.  (An attrs subclass that redeclares a field drops it again: see
-    ``Node.__attrs_init_subclass__``.)
+    shadow it.  The value is the one Python's attribute lookup gives (the classes of
+    the MRO, mixins included, from the last to the first), except that an attrs class
+    declaring a field starts it afresh with the field's own default.  An option may be
+    set by its name or by its constructor alias (``start_node`` or ``start``).
     """
+    carried = cls.__dict__.get("_class_defaults")
+    if carried is not None:
+        # attrs rebuilt a slotted class, leaving the fields' names out of its dict: what the
+        # class as written set was worked out before (and copied here).
+        return dict(carried)
+    options: dict[str, str] = {}
+    for field in getattr(cls, "__attrs_attrs__", ()):
+        if field.init:
+            alias = field.alias or field.name
+            options[field.name] = options[alias] = alias
     defaults: dict[str, Any] = {}
-    for base in reversed(cls.__mro__[1:]):
-        defaults.update(getattr(base, "_class_defaults", {}))
-    fields = {field.alias or field.name for field in getattr(cls, "__attrs_attrs__", ()) if field.init}
-    for name, value in cls.__dict__.items():
-        if name in fields and not callable(value) and not hasattr(value, "__get__"):
-            defaults[name] = value
+    for klass in reversed(cls.__mro__):
+        own = klass.__dict__
+        for field in own.get("__attrs_attrs__", ()):
+            if not field.inherited:  # declared here: its own default from now on
+                defaults.pop(field.alias or field.name, None)
+        for name, value in own.items():
+            alias = options.get(name)
+            if alias is not None and _is_option_value(value):
+                defaults[alias] = value
     return defaults
 
 
-def _taking_class_defaults(init: Callable[..., None]) -> Callable[..., None]:
-    """``init`` (an attrs constructor) with the class attributes of ``type(self)`` as defaults."""
+def _taking_class_defaults(cls: type, init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` (an attrs constructor of ``cls``) taking the class attributes of ``type(self)`` as defaults.
+
+    An argument given, by keyword or by position, wins; a dict or list default is
+    copied per node, as a default factory would.
+    """
+    positional = [field.alias or field.name for field in attrs.fields(cls) if field.init and not field.kw_only]
 
     @functools.wraps(init)
     def __init__(self: Node, *args: Any, **kwargs: Any) -> None:
         defaults = type(self)._class_defaults
         if defaults:
+            given = positional[: len(args)]
             for name, value in defaults.items():
-                if name not in kwargs:  # a dict or list default is copied per instance, as a factory would
+                if name not in kwargs and name not in given:
                     kwargs[name] = value.copy() if type(value) in (dict, list) else value
         init(self, *args, **kwargs)
 
@@ -264,11 +293,14 @@ class Node:
 
     @classmethod
     def __attrs_init_subclass__(cls) -> None:
-        # attrs made this subclass a constructor of its own: it takes the class attributes too,
-        # except for the fields this class declares (each has its own default now).
-        own = {field.name for field in attrs.fields(cls) if not field.inherited}
+        # attrs made this subclass a constructor of its own (attrs >= 24.1 calls this hook):
+        # it takes the class attributes too, except for the fields this class declares.
+        own = {field.alias or field.name for field in attrs.fields(cls) if not field.inherited}
         cls._class_defaults = {name: value for name, value in cls._class_defaults.items() if name not in own}
-        cls.__init__ = _taking_class_defaults(cls.__init__)  # type: ignore[method-assign]
+        if "__attrs_init__" in cls.__dict__:  # the class wrote its own __init__, which calls this one
+            cls.__attrs_init__ = _taking_class_defaults(cls, cls.__attrs_init__)  # type: ignore[attr-defined]
+        else:
+            cls.__init__ = _taking_class_defaults(cls, cls.__init__)  # type: ignore[method-assign]
 
     # -- the user's methods ----------------------------------------------------
 
@@ -523,7 +555,7 @@ class Node:
         return box[0]
 
 
-Node.__init__ = _taking_class_defaults(Node.__init__)  # type: ignore[method-assign]
+Node.__init__ = _taking_class_defaults(Node, Node.__init__)  # type: ignore[method-assign]
 
 
 @functools.lru_cache(maxsize=256)
