@@ -332,11 +332,13 @@ async def attempts(
                         cool_down = pause  # not an attempt of the policy: try again after the cool-down
                     else:
                         limit = node.max_throttle_wait
-                        exc.add_note(
+                        note = (
                             f"{type(node).__name__}: item {index} was throttled for {throttled_for:g} s in all; "
                             f"another cool-down ({pause:g} s) would pass max_throttle_wait={limit:g} s, "
                             f"so this throttle counts as a failure (retried per max_retries, then exec_fallback)"
                         )
+                        if note not in getattr(exc, "__notes__", ()):  # the same exception object raised again
+                            exc.add_note(note)
                 elif admission is not None:
                     admission.exit(hold, "failed", exc)
             except BaseException:

@@ -765,7 +765,9 @@ def _status(run: RunInfo, now: float) -> str:
     if holder.alive is False:
         return f"interrupted (process {holder.pid} is gone)"
     if holder.alive:  # and when it stopped renewing its lease (stopped with Ctrl-Z, hung), a run may take it over
-        return f"stalled (pid {holder.pid}: its lease ran out)" if holder.ran_out else f"running (pid {holder.pid})"
+        if holder.ran_out:  # the pid may also have been reused by an unrelated process since a kill
+            return f"stalled or gone (its lease ran out; pid {holder.pid} runs, maybe another process by now)"
+        return f"running (pid {holder.pid})"
     if run.lease_until is None or holder.ran_out:
         return f"interrupted (the lease of {run.owner} ran out)"
     return f"may be running ({run.owner} on another host; its lease runs {run.lease_until - now:.0f} s more)"
