@@ -283,6 +283,16 @@ def series(results: Sequence[Result], y: Callable[[Group, Figure], float | None]
     return out
 
 
+def vs_ideal_panels(results: Sequence[Result], title: str, ideal: Callable[[Group], float]) -> list[Panel]:
+    """One bar panel of wall time ÷ ``ideal(group)`` per group, a bar per system (the ideal is 1);
+    the computed "ideal" rows themselves are left out.  None when no result is ok."""
+    points = series(results, lambda g, f: None if f.note == "computed" else f.median / ideal(g),
+                    x=lambda g: f"N={g.n:,}, cap {g.cap}")
+    if not points:
+        return []
+    return [Panel(title, points, x_label="", y_label="wall time ÷ ideal", log_y=False, reference=1.0)]
+
+
 @dataclass(frozen=True)
 class ExtraTable:
     """A table printed after the main one (and put in the Markdown and the JSON).

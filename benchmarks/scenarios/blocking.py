@@ -36,7 +36,7 @@ from ..core import (
     at_most,
     largest,
     run_timed,
-    series,
+    vs_ideal_panels,
 )
 
 SYSTEMS = ("trioflow", "thread-pool", "trio-to-thread")
@@ -138,12 +138,7 @@ def targets(results: Sequence[Result]) -> list[Target]:
 
 def panels(results: Sequence[Result]) -> list[Panel]:
     """Wall time ÷ ideal, a bar per system (the ideal is 1)."""
-    points = series(results, lambda g, f: None if f.note == "computed" else f.median / ideal(g),
-                    x=lambda g: f"N={g.n:,}, cap {g.cap}")
-    if not points:
-        return []
-    return [Panel("blocking (50 ms sync calls): wall time ÷ ideal", points, x_label="",
-                  y_label="wall time ÷ ideal", log_y=False, reference=1.0)]
+    return vs_ideal_panels(results, "blocking (50 ms sync calls): wall time ÷ ideal", ideal)
 
 
 SCENARIO = Scenario(

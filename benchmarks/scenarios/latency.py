@@ -23,7 +23,7 @@ from ..core import (
     at_most,
     largest,
     run_timed,
-    series,
+    vs_ideal_panels,
 )
 
 
@@ -67,12 +67,7 @@ def targets(results: Sequence[Result]) -> list[Target]:
 
 def panels(results: Sequence[Result]) -> list[Panel]:
     """Wall time ÷ ideal per cap, a bar per system (the ideal is 1)."""
-    points = series(results, lambda g, f: None if f.note == "computed" else f.median / ideal(g),
-                    x=lambda g: f"N={g.n:,}, cap {g.cap}")
-    if not points:
-        return []
-    return [Panel(f"latency ({workloads.LATENCY * 1000:g} ms per item): wall time ÷ ideal", points,
-                  x_label="", y_label="wall time ÷ ideal", log_y=False, reference=1.0)]
+    return vs_ideal_panels(results, f"latency ({workloads.LATENCY * 1000:g} ms per item): wall time ÷ ideal", ideal)
 
 
 SCENARIO = Scenario(
