@@ -898,8 +898,9 @@ class TestRunAPI:
             async def exec(self, item: Any) -> Any:
                 if item == 10:
                     # until the writer thread committed the first results (no event to wait on: another thread)
-                    while not rows(path, "SELECT COUNT(*) FROM results")[0][0]:  # noqa: ASYNC110
-                        await trio.sleep(0.01)
+                    with trio.fail_after(30):  # bounded: a writer that never commits fails the test, not hangs it
+                        while not rows(path, "SELECT COUNT(*) FROM results")[0][0]:  # noqa: ASYNC110
+                            await trio.sleep(0.01)
                     blocker.execute("BEGIN EXCLUSIVE")
                 return await super().exec(item)
 
